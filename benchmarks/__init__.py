@@ -1,0 +1,1 @@
+"""Benchmark configs (TOML files in this folder), shipped with the package."""

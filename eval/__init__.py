@@ -1,0 +1,1 @@
+"""Evaluation: generation, judges, and the aggregators behind the paper's tables and figures."""

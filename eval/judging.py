@@ -1,0 +1,61 @@
+"""Pairwise judging of one model against a baseline, in both orders x repetitions (the paper's protocol),
+written to JSONL one judgment per line so a killed run judges only what is missing."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tqdm import tqdm
+
+from safealign.eval.generate import read_jsonl
+from safealign.eval.judges import Comparison
+
+ORDERS = ("model_first", "baseline_first")
+
+
+def judgment_id(row: dict) -> str:
+    return f"{row['kind']}|{row['prompt_id']}|{row['order']}|{row['repetition']}"
+
+
+def plan(model: str, baseline: str, gens: dict[str, dict[str, list[dict]]], kind_sets: dict[str, str],
+         repetitions: int) -> list[dict]:
+    """Every judgment to make. gens[model][prompt_set] is that model's list of generation rows; kind_sets maps
+    a judging kind to its prompt set (helpfulness -> helpful prompts, harmlessness -> red-team prompts)."""
+    rows = []
+    for kind, prompt_set in kind_sets.items():
+        base = {g["prompt_id"]: g for g in gens[baseline][prompt_set]}
+        for gen in gens[model][prompt_set]:
+            for order in ORDERS:
+                for rep in range(repetitions):
+                    rows.append({"kind": kind, "prompt_id": gen["prompt_id"], "prompt": gen["prompt"], "order": order,
+                                 "repetition": rep, "model": model, "baseline": baseline,
+                                 "response_model": gen["response"],
+                                 "response_baseline": base[gen["prompt_id"]]["response"]})
+    return rows
+
+
+def run_judgments(judge, todo_all: list[dict], out: Path, batch_size: int = 32, desc: str = "judge") -> list[dict]:
+    done = {judgment_id(r): r for r in read_jsonl(out)}
+    out.write_text("".join(json.dumps(r) + "\n" for r in done.values()))
+    todo = [r for r in todo_all if judgment_id(r) not in done]
+    with open(out, "a") as f, tqdm(total=len(todo), desc=desc, unit="pair", disable=not todo) as bar:
+        for i in range(0, len(todo), batch_size):
+            batch = todo[i:i + batch_size]
+            comps = [_comparison(r) for r in batch]
+            for r, v in zip(batch, judge.judge(comps)):
+                first_is_model = r["order"] == "model_first"
+                rec = {k: r[k] for k in ("kind", "prompt_id", "order", "repetition", "model", "baseline")}
+                rec.update(score_model=v.score_a if first_is_model else v.score_b,
+                           score_baseline=v.score_b if first_is_model else v.score_a, ok=v.ok, raw=v.raw)
+                f.write(json.dumps(rec) + "\n")
+            f.flush()
+            bar.update(len(batch))
+    by_id = {judgment_id(r): r for r in read_jsonl(out)}
+    return [by_id[judgment_id(r)] for r in todo_all]
+
+
+def _comparison(r: dict) -> Comparison:
+    a, b = r["response_model"], r["response_baseline"]
+    if r["order"] == "baseline_first":
+        a, b = b, a
+    return Comparison(r["prompt_id"], r["kind"], r["prompt"], a, b, r["repetition"])

@@ -1,0 +1,33 @@
+"""SFT: the reference policy pi_ref. On `paper` it is a given checkpoint (alpaca-7b-reproduced); on the
+offline benchmarks it is a base model fine-tuned with TRL's SFTTrainer on the dataset's own responses,
+which play the part of the Alpaca-7B answers that PKU-SafeRLHF was built from."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from safealign.methods.training import TrainConfig, train_and_save, trainer_args
+
+
+def sft_rows(rows: list[dict], template: str) -> list[dict]:
+    out = []
+    for row in rows:
+        for i in (0, 1):
+            out.append({"prompt": template.format(input=row["prompt"]), "completion": " " + row[f"response_{i}"]})
+    return out
+
+
+def train_sft(cfg: TrainConfig, base: Path, rows: list[dict], template: str, work: Path, seed: int) -> None:
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    from safealign.models import load_policy
+    model, tok = load_policy(base, for_training=True)
+    args = trainer_args(SFTConfig, cfg, work, seed, completion_only_loss=True)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(sft_rows(rows, template)),
+                         processing_class=tok)
+    train_and_save(trainer, tok, work)
+
+
+def reference(run, name: str, params: dict) -> list:
+    """The `sft` method: the reference policy itself, evaluated like any other model."""
+    return [(name, run.reference)]

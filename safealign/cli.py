@@ -1,0 +1,86 @@
+"""The `bench` command: run, list, report, plot."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from safealign import BenchError
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but an unknown option is one line that also lists the valid ones."""
+
+    def error(self, message: str):
+        valid = sorted(o for a in self._actions for o in a.option_strings if o.startswith("--"))
+        self.exit(2, f"{self.prog}: error: {message} (valid options: {', '.join(valid)})\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = Parser(prog="bench", description="Benchmark suite for safety-constrained LLM alignment.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
+    r = sub.add_parser("run", help="train, generate, judge and aggregate")
+    r.add_argument("--benchmark", default="tiny", help="tiny | smol | paper, or the path of a .toml file")
+    r.add_argument("--methods", default="sft,dpo-h", help="comma-separated method names (see `bench list`)")
+    r.add_argument("--out", type=Path, help="results folder (default results/<benchmark>-<time>)")
+    r.add_argument("--cache", type=Path, help="stage cache shared across runs (default $SAFEALIGN_CACHE or results/cache)")
+    r.add_argument("--limit", type=int, help="cap training pairs and prompts per evaluation set")
+    r.add_argument("--seed", type=int, help="seed for training and generation")
+    r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. methods.dpo-h.beta=0.2 or train.epochs=1 (repeatable)")
+    sub.add_parser("list", help="methods, benchmarks and judges")
+    rep = sub.add_parser("report", help="print the summary table of a results folder")
+    rep.add_argument("folder", type=Path)
+    pl = sub.add_parser("plot", help="redraw the figures of a results folder")
+    pl.add_argument("folder", type=Path)
+    return p
+
+
+def cmd_run(args) -> None:
+    from safealign.run import Run
+    Run(args.benchmark, args.methods, args.out, args.cache, args.limit, args.seed, args.overrides).execute()
+
+
+def cmd_list(args) -> None:
+    from safealign.config import benchmark_names, load_benchmark
+    from safealign.eval.judges import JUDGES
+    from safealign.registry import METHODS
+    print("methods:")
+    for name, m in METHODS.items():
+        defaults = ", ".join(f"{k}={v}" for k, v in m.defaults.items())
+        print(f"  {name:<10} {m.paper_row}" + (f"  [{defaults}]" if defaults else ""))
+    print("benchmarks:")
+    for name in benchmark_names():
+        print(f"  {name:<10} {load_benchmark(name).get('description', '')}")
+    print("judges:")
+    for name, cls in JUDGES.items():
+        print(f"  {name:<10} {(cls.__doc__ or '').strip().splitlines()[0]}")
+
+
+def cmd_report(args) -> None:
+    from safealign.report import format_table, load_summary
+    print(format_table(load_summary(args.folder)))
+
+
+def cmd_plot(args) -> None:
+    from safealign.eval.plots import plot_tradeoff
+    from safealign.report import load_summary
+    for path in plot_tradeoff(load_summary(args.folder), args.folder / "figures"):
+        print(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        {"run": cmd_run, "list": cmd_list, "report": cmd_report, "plot": cmd_plot}[args.command](args)
+    except BenchError as e:
+        print(f"bench: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("bench: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

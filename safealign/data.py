@@ -1,0 +1,101 @@
+"""Loaders for PKU-SafeRLHF-style preference data and evaluation prompt sets, with schema checks.
+
+A source is a local .json/.jsonl/.parquet/.csv file or a Hugging Face hub id (with an optional
+revision, which benchmark configs pin). Every problem is reported in one line that names the source.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from safealign import BenchError
+
+PREFERENCE_COLUMNS = ("prompt", "response_0", "response_1", "is_response_0_safe", "is_response_1_safe",
+                      "better_response_id", "safer_response_id")
+
+
+def read_rows(source: str, split: str = "train", revision: str | None = None) -> list[dict]:
+    path = Path(source)
+    if path.exists():
+        return _read_local(path)
+    if path.suffix in (".json", ".jsonl", ".parquet", ".csv") or source.startswith((".", "/")):
+        raise BenchError(f"data file {source} does not exist: check the path")
+    try:
+        import datasets
+        ds = datasets.load_dataset(source, revision=revision or None, split=split)
+    except Exception as e:  # the hub client raises many types; the user needs the source and the reason
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise BenchError(f"could not load dataset '{source}' (split {split}, revision {revision or 'latest'}) "
+                         f"from the hub: {reason}; pass a local .jsonl/.parquet path instead") from None
+    return [dict(r) for r in ds]
+
+
+def _read_local(path: Path) -> list[dict]:
+    try:
+        if path.suffix == ".jsonl":
+            return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        if path.suffix == ".json":
+            data = json.loads(path.read_text())
+            return data if isinstance(data, list) else data.get("data", data.get("instances", []))
+        if path.suffix in (".parquet", ".csv"):
+            import pandas as pd
+            frame = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+            return frame.to_dict("records")
+    except (json.JSONDecodeError, OSError, ValueError) as e:
+        raise BenchError(f"data file {path} could not be read: {str(e).splitlines()[0]}") from None
+    raise BenchError(f"data file {path} has an unknown format: use .jsonl, .json, .parquet or .csv")
+
+
+def validate_preferences(rows: list[dict], source: str) -> list[dict]:
+    """Check the PKU-SafeRLHF schema; returns the rows with ids as ints and safety flags as bools."""
+    if not rows:
+        raise BenchError(f"preference data {source} is empty")
+    missing = [c for c in PREFERENCE_COLUMNS if c not in rows[0]]
+    if missing:
+        raise BenchError(f"preference data {source} is missing column '{missing[0]}' "
+                         f"(needs {', '.join(PREFERENCE_COLUMNS)})")
+    out = []
+    for i, row in enumerate(rows):
+        for col in ("better_response_id", "safer_response_id"):
+            if row[col] not in (0, 1) or isinstance(row[col], float) and not row[col].is_integer():
+                raise BenchError(f"preference data {source}, row {i}: {col} is {row[col]!r}, must be 0 or 1")
+        if not isinstance(row["prompt"], str) or not row["prompt"].strip():
+            raise BenchError(f"preference data {source}, row {i}: prompt is empty")
+        for col in ("is_response_0_safe", "is_response_1_safe"):
+            if row[col] not in (True, False, 0, 1):
+                raise BenchError(f"preference data {source}, row {i}: {col} is {row[col]!r}, must be true/false")
+        clean = dict(row)
+        for col in ("better_response_id", "safer_response_id"):
+            clean[col] = int(row[col])
+        for col in ("is_response_0_safe", "is_response_1_safe"):
+            clean[col] = bool(row[col])
+        out.append(clean)
+    return out
+
+
+def load_preferences(source: str, split: str = "train", revision: str | None = None) -> list[dict]:
+    return validate_preferences(read_rows(source, split, revision), f"{source}[{split}]")
+
+
+PROMPT_FIELDS = ("prompt", "instruction", "input", "question")
+
+
+def load_prompts(source: str, split: str = "test", revision: str | None = None, prefix: str = "p") -> list[dict]:
+    """Evaluation prompts as [{prompt_id, prompt, category}]. Accepts the red-team file's `prompt`, AlpacaEval's
+    `instruction`, and keeps a given `prompt_id`/`id`; rows without one are numbered in file order."""
+    rows = read_rows(source, split, revision)
+    if not rows:
+        raise BenchError(f"prompt set {source} is empty")
+    field = next((f for f in PROMPT_FIELDS if f in rows[0]), None)
+    if field is None:
+        raise BenchError(f"prompt set {source} has no prompt column: name it one of {', '.join(PROMPT_FIELDS)}")
+    out = []
+    for i, row in enumerate(rows):
+        text = row.get(field)
+        if not isinstance(text, str) or not text.strip():
+            raise BenchError(f"prompt set {source}, row {i}: {field} is empty")
+        pid = str(row.get("prompt_id", row.get("id", f"{prefix}-{i:03d}")))
+        out.append({"prompt_id": pid, "prompt": text, "category": str(row.get("category", "") or "")})
+    if len({r["prompt_id"] for r in out}) != len(out):
+        raise BenchError(f"prompt set {source} has duplicate prompt ids")
+    return out

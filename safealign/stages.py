@@ -1,0 +1,103 @@
+"""Content-addressed stage store: every stage's output lives under a hash of its config and inputs.
+
+A stage is done when its folder exists: it is built in `<key>.partial/` and renamed into place, and a
+rename is atomic, so a killed run never leaves a half-written stage that looks finished. The partial
+folder is kept across a kill so that a stage can resume its own work (trainer checkpoints, generations
+already written).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+
+def digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write a whole file or nothing: a temporary file in the same folder, then os.replace."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class RunLog:
+    """Appends one line per event to <out>/run.log and echoes it, so a user and a test can read it."""
+
+    def __init__(self, path: Path | None, echo: bool = True):
+        self.path, self.echo = path, echo
+        if path:
+            path.parent.mkdir(parents=True, exist_ok=True)
+
+    def __call__(self, msg: str) -> None:
+        line = f"[{time.strftime('%H:%M:%S')}] {msg}"
+        if self.echo:
+            print(line, flush=True)
+        if self.path:
+            with open(self.path, "a") as f:
+                f.write(line + "\n")
+
+
+class Stage:
+    """A finished stage: its folder, its key, and the record saved beside its output."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.key = path.name
+        self.record = json.loads((path / "stage.json").read_text())
+
+    @property
+    def model(self) -> Path | str:
+        """The checkpoint this stage stands for: its model/ folder, or the hub id or path it points at."""
+        own = self.path / "model"
+        return own if own.exists() else self.record["config"]["source"]
+
+    def __truediv__(self, other: str) -> Path:
+        return self.path / other
+
+
+class Store:
+    def __init__(self, root: Path, log: RunLog):
+        self.root, self.log = Path(root), log
+        self.computed: list[str] = []
+        self.cached: list[str] = []
+
+    def key(self, name: str, config: dict, inputs: dict[str, Stage]) -> str:
+        return digest({"stage": name, "config": config, "inputs": {k: v.key for k, v in inputs.items()}})
+
+    def run(self, name: str, config: dict, inputs: dict[str, Stage], fn: Callable[[Path], None],
+            label: str | None = None) -> Stage:
+        """Return the finished stage, computing it with fn(work_dir) only when it is not already done."""
+        label = label or name
+        key = self.key(name, config, inputs)
+        final = self.root / name / key
+        if (final / "stage.json").exists():
+            self.log(f"stage {label} [{name}/{key}] cached")
+            self.cached.append(label)
+            return Stage(final)
+        work = self.root / name / f"{key}.partial"
+        resumed = work.exists() and any(work.iterdir())
+        work.mkdir(parents=True, exist_ok=True)
+        self.log(f"stage {label} [{name}/{key}] {'resuming' if resumed else 'running'}")
+        start = time.time()
+        fn(work)
+        record = {"stage": name, "label": label, "key": key, "config": config,
+                  "inputs": {k: str(v.path) for k, v in inputs.items()}, "seconds": round(time.time() - start, 2)}
+        write_atomic(work / "stage.json", json.dumps(record, indent=2, default=str))
+        if final.exists():          # an unfinished leftover of an older layout; the new result wins
+            shutil.rmtree(final)
+        os.replace(work, final)
+        self.log(f"stage {label} [{name}/{key}] computed in {record['seconds']:.1f}s")
+        self.computed.append(label)
+        return Stage(final)
