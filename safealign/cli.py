@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("folder", type=Path)
     pl = sub.add_parser("plot", help="redraw the figures of a results folder")
     pl.add_argument("folder", type=Path)
+    p.commands = sub.choices
     return p
 
 
@@ -70,7 +71,10 @@ def cmd_plot(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:       # report it from the subcommand, so the valid options listed are that command's
+        parser.commands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         {"run": cmd_run, "list": cmd_list, "report": cmd_report, "plot": cmd_plot}[args.command](args)
     except BenchError as e:
