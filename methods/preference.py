@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from safealign import BenchError
 from safealign.methods.training import TrainConfig, train_and_save, trainer_args
 
 LOSSES = ("dpo", "kto")
@@ -36,19 +37,92 @@ def dpo_pairs(rows: list[dict], target: str, template: str) -> list[dict]:
     return out
 
 
-def train_step(cfg: StepConfig, policy: Path, reference: Path, rows: list[dict], template: str, work: Path,
-               seed: int) -> None:
-    """Train `policy` against the frozen `reference` and save the result to work/model."""
+def kto_rows(rows: list[dict], target: str, template: str) -> tuple[list[dict], float]:
+    """Unpaired KTO examples and the undesirable weight.
+
+    KTO(H): the better response is desirable, the worse undesirable (balanced, weight 1).
+    KTO(S): every response is labelled by is_response_i_safe; undesirable_weight = n_safe / n_unsafe
+    (the SACPO code's balancing of the absolute safety labels).
+    """
+    out = []
+    for row in rows:
+        prompt = template.format(input=row["prompt"])
+        for i in (0, 1):
+            label = row["better_response_id"] == i if target == "helpfulness" else bool(row[f"is_response_{i}_safe"])
+            out.append({"prompt": prompt, "completion": " " + row[f"response_{i}"], "label": label})
+    if target == "helpfulness":
+        return out, 1.0
+    n_safe = sum(r["label"] for r in out)
+    if n_safe in (0, len(out)):
+        raise BenchError(f"KTO(S) needs both safe and unsafe responses, got {n_safe} safe of {len(out)}")
+    return out, n_safe / (len(out) - n_safe)
+
+
+def make_trainer(cfg: StepConfig, policy: Path, reference: Path, rows: list[dict], template: str, work: Path,
+                 seed: int):
+    """A TRL trainer for one step: `policy` is trained, `reference` is loaded separately and stays frozen."""
     from datasets import Dataset
-    from trl import DPOConfig, DPOTrainer
+    from trl import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer
 
     from safealign.models import load_policy
     model, tok = load_policy(policy, for_training=True)
     ref, _ = load_policy(reference)
-    args = trainer_args(DPOConfig, cfg, work, seed, beta=cfg.beta, loss_type=["sigmoid"])
-    trainer = DPOTrainer(model=model, ref_model=ref, args=args,
-                         train_dataset=Dataset.from_list(dpo_pairs(rows, cfg.target, template)), processing_class=tok)
+    if cfg.loss == "dpo":
+        args = trainer_args(DPOConfig, cfg, work, seed, beta=cfg.beta, loss_type=["sigmoid"])
+        data = Dataset.from_list(dpo_pairs(rows, cfg.target, template))
+        return DPOTrainer(model=model, ref_model=ref, args=args, train_dataset=data, processing_class=tok), tok
+    examples, undesirable_weight = kto_rows(rows, cfg.target, template)
+    args = trainer_args(KTOConfig, cfg, work, seed, beta=cfg.beta, undesirable_weight=undesirable_weight)
+    # KTO reads its batches in order (the KL term pairs neighbours), so the shuffle happens here, seeded.
+    data = Dataset.from_list(examples).shuffle(seed=seed)
+    return KTOTrainer(model=model, ref_model=ref, args=args, train_dataset=data, processing_class=tok), tok
+
+
+def train_step(cfg: StepConfig, policy: Path, reference: Path, rows: list[dict], template: str, work: Path,
+               seed: int) -> None:
+    """Train `policy` against the frozen `reference` and save the result to work/model."""
+    trainer, tok = make_trainer(cfg, policy, reference, rows, template, work, seed)
     train_and_save(trainer, tok, work)
+
+
+def sequence_logps(model, tok, prompts: list[str], completions: list[str], batch_size: int = 64):
+    """Sum of log pi(completion | prompt) per example, the quantity DPO's implicit reward is built from."""
+    import torch
+    out = []
+    for i in range(0, len(prompts), batch_size):
+        p_ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts[i:i + batch_size]]
+        c_ids = [tok(c, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+                 for c in completions[i:i + batch_size]]
+        width = max(len(p) + len(c) for p, c in zip(p_ids, c_ids))
+        ids = torch.full((len(p_ids), width), tok.pad_token_id)
+        mask = torch.zeros_like(ids)
+        target = torch.zeros_like(ids, dtype=torch.bool)
+        for j, (p, c) in enumerate(zip(p_ids, c_ids)):
+            ids[j, :len(p) + len(c)] = torch.tensor(p + c)
+            mask[j, :len(p) + len(c)] = 1
+            target[j, len(p):len(p) + len(c)] = True
+        with torch.no_grad():
+            logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits.float()
+        logp = torch.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, 1:, None].to(model.device))[..., 0]
+        out.append((logp * target[:, 1:].to(model.device)).sum(-1).cpu())
+    return torch.cat(out)
+
+
+def implicit_reward_accuracy(policy: Path, reference: Path, rows: list[dict], target: str, template: str,
+                             beta: float) -> float:
+    """Share of pairs where the implicit reward beta * log(pi/pi_ref) (DPO §5) ranks the labelled winner first."""
+    from safealign.models import load_policy
+    pairs = dpo_pairs(rows, target, template)
+    prompts = [p["prompt"] for p in pairs]
+    rewards = {}
+    for side in ("chosen", "rejected"):
+        texts = [p[side] for p in pairs]
+        logps = []
+        for path in (policy, reference):
+            model, tok = load_policy(path)
+            logps.append(sequence_logps(model, tok, prompts, texts))
+        rewards[side] = beta * (logps[0] - logps[1])
+    return float((rewards["chosen"] > rewards["rejected"]).float().mean())
 
 
 def one_step(run, name: str, params: dict) -> list:

@@ -26,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--cache", type=Path, help="stage cache shared across runs (default $SAFEALIGN_CACHE or results/cache)")
     r.add_argument("--limit", type=int, help="cap training pairs and prompts per evaluation set")
     r.add_argument("--seed", type=int, help="seed for training and generation")
+    r.add_argument("--elo", action="store_true", help="judge every pair of models (not only vs SFT) and report Elo")
     r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. methods.dpo-h.beta=0.2 or train.epochs=1 (repeatable)")
     sub.add_parser("list", help="methods, benchmarks and judges")
@@ -33,13 +34,15 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("folder", type=Path)
     pl = sub.add_parser("plot", help="redraw the figures of a results folder")
     pl.add_argument("folder", type=Path)
+    pl.add_argument("--paper", action="store_true", help="overlay the SACPO paper's points (Table 3) as hollow markers")
     p.commands = sub.choices
     return p
 
 
 def cmd_run(args) -> None:
     from safealign.run import Run
-    Run(args.benchmark, args.methods, args.out, args.cache, args.limit, args.seed, args.overrides).execute()
+    overrides = args.overrides + (["judge.all_pairs=true"] if args.elo else [])
+    Run(args.benchmark, args.methods, args.out, args.cache, args.limit, args.seed, overrides).execute()
 
 
 def cmd_list(args) -> None:
@@ -49,13 +52,14 @@ def cmd_list(args) -> None:
     print("methods:")
     for name, m in METHODS.items():
         defaults = ", ".join(f"{k}={v}" for k, v in m.defaults.items())
-        print(f"  {name:<10} {m.paper_row}" + (f"  [{defaults}]" if defaults else ""))
+        print(f"  {name:<14} {m.paper_row}" + (f"  [{defaults}]" if defaults else ""))
     print("benchmarks:")
     for name in benchmark_names():
-        print(f"  {name:<10} {load_benchmark(name).get('description', '')}")
+        print(f"  {name:<14} {load_benchmark(name).get('description', '')}")
     print("judges:")
-    for name, cls in JUDGES.items():
-        print(f"  {name:<10} {(cls.__doc__ or '').strip().splitlines()[0]}")
+    for name, judge in JUDGES.items():
+        doc = f"config file {judge}" if isinstance(judge, str) else (judge.__doc__ or "").strip().splitlines()[0]
+        print(f"  {name:<14} {doc}")
 
 
 def cmd_report(args) -> None:
@@ -64,9 +68,8 @@ def cmd_report(args) -> None:
 
 
 def cmd_plot(args) -> None:
-    from safealign.eval.plots import plot_tradeoff
-    from safealign.report import load_summary
-    for path in plot_tradeoff(load_summary(args.folder), args.folder / "figures"):
+    from safealign.eval.plots import draw_all
+    for path in draw_all(args.folder, paper=args.paper):
         print(path)
 
 

@@ -1,6 +1,7 @@
 """The methods registry: one flat table from a name to the function that runs it (imported only when it
 runs), the paper row it reproduces, and its defaults. Benchmark files override the defaults per method in
-their [methods.<name>] sections; `--set methods.<name>.<key>=value` overrides those."""
+their [methods.<name>] sections; `--set methods.<name>.<key>=value` overrides those. `name@x+y` on the
+command line sets a method's sweep (beta/lambda for SACPO, q for merges) to the listed points."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -8,15 +9,35 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class Method:
-    run: str                   # "module:function"; the function takes (run, name, params) and returns models
+    run: str                   # "module:function"; it takes (run, name, params) and returns [(label, stage)]
     paper_row: str             # what it reproduces (SACPO Table 3, win rates vs SFT: helpfulness / harmlessness)
     defaults: dict = field(default_factory=dict)
+    sweep: str | None = None   # the setting that `name@a+b` replaces
 
+
+ONE = "safealign.methods.preference:one_step"
+STEPWISE = "safealign.methods.sacpo:stepwise"
+MERGE = "safealign.methods.merge:merge"
+RATIOS = [0.1, 0.05, 0.025, 0.01]          # the paper's beta/lambda sweep
+WEIGHTS = [0.25, 0.5, 0.75]                # the paper's merge weights q
 
 METHODS = {
     "sft": Method("safealign.methods.sft:reference",
                   "SFT reference pi_ref (alpaca-7b-reproduced); the baseline of every win rate"),
-    "dpo-h": Method("safealign.methods.preference:one_step",
-                    "DPO(H) beta 0.1: one DPO step on helpfulness labels (0.792 / 0.490)",
-                    {"loss": "dpo", "target": "helpfulness", "beta": 0.1}),
+    "dpo-h": Method(ONE, "DPO(H) beta 0.1 (0.792 / 0.490)", {"loss": "dpo", "target": "helpfulness", "beta": 0.1}),
+    "kto-h": Method(ONE, "KTO(H) beta 0.1 (0.678 / 0.458)", {"loss": "kto", "target": "helpfulness", "beta": 0.1}),
+    "dpo-s": Method(ONE, "DPO(S) beta 0.01 (0.605 / 0.811)", {"loss": "dpo", "target": "safety", "beta": 0.01}),
+    "sacpo": Method(STEPWISE, "SACPO DPO(H)->DPO(S), beta/lambda sweep (0.025: 0.685 / 0.805)",
+                    {"first": "dpo-h", "loss": "dpo", "target": "safety", "ratios": RATIOS}, sweep="ratios"),
+    "sacpo-dpo-kto": Method(STEPWISE, "SACPO DPO(H)->KTO(S), beta/lambda sweep (0.1: 0.660 / 0.524)",
+                            {"first": "dpo-h", "loss": "kto", "target": "safety", "ratios": RATIOS}, sweep="ratios"),
+    "sacpo-kto-dpo": Method(STEPWISE, "SACPO KTO(H)->DPO(S), beta/lambda sweep (0.01: 0.595 / 0.856)",
+                            {"first": "kto-h", "loss": "dpo", "target": "safety", "ratios": RATIOS}, sweep="ratios"),
+    "sacpo-s-first": Method(STEPWISE, "SACPO DPO(S)->DPO(H), safety first (0.1: 0.672 / 0.807)",
+                            {"first": "dpo-s", "loss": "dpo", "target": "helpfulness", "ratios": RATIOS},
+                            sweep="ratios"),
+    "psacpo": Method(MERGE, "P-SACPO: (1-q) DPO(H) + q DPO(H)->DPO(S)@0.01 (q 0.75: 0.764 / 0.768)",
+                     {"a": "dpo-h", "b": "sacpo@0.01", "weights": WEIGHTS}, sweep="weights"),
+    "naive-merge": Method(MERGE, "naive merging: (1-q) DPO(H) + q DPO(S) (q 0.75: 0.694 / 0.690)",
+                          {"a": "dpo-h", "b": "dpo-s", "weights": WEIGHTS}, sweep="weights"),
 }

@@ -13,9 +13,9 @@ from safealign.stages import write_atomic
 KIND_COLUMNS = {"helpfulness": "helpfulness_win_rate", "harmlessness": "harmlessness_win_rate"}
 
 
-def summarize(gens: dict, judgments: dict, oracle: bool):
-    """One row per model. SFT is the baseline, so its win rate against itself is 0.5 by definition and is
-    not paid for with judge calls."""
+def summarize(gens: dict, judgments: dict, oracle: bool, extra: dict | None = None, failed_as_tie: bool = False):
+    """One row per model from its judgments against SFT (judgments are keyed by (model, baseline)). SFT is the
+    baseline, so its win rate against itself is 0.5 by definition and is not paid for with judge calls."""
     import pandas as pd
     rows = []
     for label in gens:
@@ -24,13 +24,36 @@ def summarize(gens: dict, judgments: dict, oracle: bool):
             if label == "sft":
                 row.update({col: 0.5, f"{col}_std": 0.0, f"{kind}_judgments": 0, f"{kind}_failures": 0})
                 continue
-            wr = win_rate([j for j in judgments[label] if j["kind"] == kind])
+            wr = win_rate([j for j in judgments[(label, "sft")] if j["kind"] == kind], failed_as_tie)
             row.update({col: wr["mean"], f"{col}_std": wr["std"], f"{kind}_judgments": wr["n"],
                         f"{kind}_failures": wr["failures"]})
         if oracle:
             row.update(oracle_columns(gens[label]))
+        row.update((extra or {}).get(label, {}))
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def ratings_table(judgments: dict, seed: int):
+    """Elo (the paper's protocol) and Bradley-Terry with bootstrap 95% intervals, per judging kind, from all
+    pairwise judgments; None unless every model was judged against every other (Elo needs all pairs)."""
+    import numpy as np
+    import pandas as pd
+    from safealign.eval.ratings import bradley_terry_ci, elo
+    models = {m for pair in judgments for m in pair}
+    if len(judgments) < len(models) * (len(models) - 1) // 2 or len(models) < 3:
+        return None
+    out = []
+    for kind in KIND_COLUMNS:
+        rows = [{"model_a": j["model"], "model_b": j["baseline"], "score_a": j["score_model"],
+                 "score_b": j["score_baseline"], "ok": j["ok"]}
+                for js in judgments.values() for j in js if j["kind"] == kind]
+        e = elo(rows, np.random.default_rng(seed))
+        bt = bradley_terry_ci(rows, np.random.default_rng(seed))
+        for m in sorted(models):
+            out.append({"method": m, "kind": kind, "elo": e[m][0], "elo_std": e[m][1], "bt": bt[m][0],
+                        "bt_low": bt[m][1], "bt_high": bt[m][2]})
+    return pd.DataFrame(out)
 
 
 def oracle_columns(gens: dict) -> dict:
@@ -43,17 +66,35 @@ def oracle_columns(gens: dict) -> dict:
             "oracle_recognised_share": statistics.fmean(m["recognised"] for m in helpful + redteam)}
 
 
-def write_outputs(out: Path, summary, gens: dict, judgments: dict, log) -> None:
+def write_outputs(out: Path, summary, gens: dict, judgments: dict, log, seed: int = 0, usage=None) -> None:
+    from dataclasses import asdict
+
+    from safealign.eval.plots import draw_all
     write_atomic(out / "summary.csv", summary.to_csv(index=False))
     for label, sets in gens.items():
         for s, rows in sets.items():
             write_atomic(out / "generations" / f"{label}.{s}.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
-    for label, rows in judgments.items():
-        write_atomic(out / "judgments" / f"{label}.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
-    from safealign.eval.plots import plot_tradeoff
-    figs = plot_tradeoff(summary, out / "figures")
+    for (model, base), rows in judgments.items():
+        name = model if base == "sft" else f"{model}_vs_{base}"
+        write_atomic(out / "judgments" / f"{name}.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    ratings = ratings_table(judgments, seed)
+    if ratings is not None:
+        write_atomic(out / "elo.csv", ratings.to_csv(index=False))
+    if usage is not None:
+        write_atomic(out / "judge_usage.json", json.dumps(asdict(usage), indent=2))
+    figs = draw_all(out)
     log(f"summary -> {out / 'summary.csv'}; figures -> {', '.join(str(f) for f in figs)}")
     print(format_table(summary))
+    if ratings is not None:
+        print(format_ratings(ratings))
+
+
+def format_ratings(ratings) -> str:
+    table = ratings.copy()
+    table["elo"] = [f"{m:.0f} ± {s:.0f}" for m, s in zip(ratings["elo"], ratings["elo_std"])]
+    table["bt (95% CI)"] = [f"{b:.0f} [{lo:.0f}, {hi:.0f}]" for b, lo, hi in
+                            zip(ratings["bt"], ratings["bt_low"], ratings["bt_high"])]
+    return table[["method", "kind", "elo", "bt (95% CI)"]].to_string(index=False)
 
 
 def format_table(summary) -> str:

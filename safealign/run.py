@@ -24,13 +24,27 @@ def default_cache() -> Path:
     return Path(os.environ.get("SAFEALIGN_CACHE", "results/cache"))
 
 
+def parse_method(spec: str) -> tuple[str, list[float] | None]:
+    """'sacpo' -> ('sacpo', None); 'sacpo@0.025+0.01' -> ('sacpo', [0.025, 0.01]): the points of its sweep."""
+    name, _, points = spec.strip().partition("@")
+    if name not in METHODS:
+        raise BenchError(f"unknown method '{name}': choose from {', '.join(METHODS)}")
+    if not points:
+        return name, None
+    if METHODS[name].sweep is None:
+        raise BenchError(f"method '{name}' has no sweep, so '{spec}' means nothing: write just '{name}'")
+    try:
+        return name, [float(x) for x in points.split("+")]
+    except ValueError:
+        raise BenchError(f"'{spec}': the points after @ must be numbers joined by '+', e.g. {name}@0.025+0.01") from None
+
+
 def resolve_methods(spec: str) -> list[str]:
     names = [m.strip() for m in spec.split(",") if m.strip()]
     if not names:
         raise BenchError("--methods is empty: give a comma-separated list, e.g. --methods sft,dpo-h")
     for name in names:
-        if name not in METHODS:
-            raise BenchError(f"unknown method '{name}': choose from {', '.join(METHODS)}")
+        parse_method(name)
     return list(dict.fromkeys(["sft"] + names))     # SFT is every win rate's baseline, so it always runs
 
 
@@ -53,27 +67,74 @@ class Run:
 
     # -- checks that must fail before any training ---------------------------------------------------------
     def _validate(self) -> None:
-        from safealign.eval.judges import make_judge
-        from safealign.methods.preference import StepConfig
         from safealign.methods.training import TrainConfig
         TrainConfig.from_dict(self.config.get("sft", {}), "sft")
-        for name in self.methods:
-            if METHODS[name].run.endswith(":one_step"):
-                self.step_config(name, {})
+        for spec in self.methods:
+            self._validate_method(spec)
         if "{input}" not in self.template:
             raise BenchError("prompt_template must contain {input}, e.g. 'USER: {input} ASSISTANT:'")
-        judge = self.config.get("judge", {})
-        make_judge(judge.get("name", "oracle"), judge.get("settings"))
-        StepConfig  # imported above so a broken install fails here, not after training
+        self._judge_setup()
 
-    def step_config(self, name: str, params: dict):
+    def _judge_setup(self) -> None:
+        """Build the judge now: a missing API key or template fails before any training."""
+        from safealign.eval.judges import make_judge
+        from safealign.eval.openai_judge import config_record
+        jcfg = self.config.get("judge", {})
+        name = jcfg.get("name", "oracle")
+        self.judge_impl = make_judge(name, jcfg.get("settings"), self.store.root / "judge-calls", self.log)
+        own = getattr(self.judge_impl, "cfg", None)
+        self.repetitions = int(jcfg.get("repetitions", own.repetitions if own else 1))
+        self.failed_as_tie = bool(jcfg.get("failed_as_tie", own.failed_as_tie if own else False))
+        self.all_pairs = bool(jcfg.get("all_pairs", False))
+        record = config_record(own) if own else jcfg.get("settings", {})
+        self.judge_key = {"name": name, "settings": record, "repetitions": self.repetitions}
+
+    def _validate_method(self, spec: str) -> None:
+        """Build every config a method will use, so a typo fails now and not after hours of training."""
+        name, points = parse_method(spec)
+        kind = METHODS[name].run
+        if kind.endswith(":one_step"):
+            self.step_config(name, {})
+        elif kind.endswith(":stepwise"):
+            settings = self.method_settings(name, {"ratios": points} if points else {})
+            if settings["first"] not in METHODS or not METHODS[settings["first"]].run.endswith(":one_step"):
+                raise BenchError(f"[methods.{name}] first = '{settings['first']}' must be a one-step method "
+                                 "(dpo-h, kto-h, dpo-s)")
+            self._validate_method(settings["first"])
+            rest = {k: v for k, v in settings.items() if k not in ("first", "ratios")}
+            for ratio in settings["ratios"]:
+                self.step_config(name, {**rest, "beta": float(ratio)}, defaults=False)
+        elif kind.endswith(":merge"):
+            settings = self.method_settings(name, {"weights": points} if points else {})
+            for ref in (settings["a"], settings["b"]):
+                self._validate_method(ref)
+            if any(not 0.0 <= float(q) <= 1.0 for q in settings["weights"]):
+                raise BenchError(f"[methods.{name}] weights must lie in [0, 1], got {settings['weights']}")
+
+    def method_settings(self, name: str, params: dict) -> dict:
+        """Registry defaults, then the benchmark's [methods.<name>], then this call's params."""
+        return {**METHODS[name].defaults, **self.config.get("methods", {}).get(name, {}), **params}
+
+    def step_config(self, name: str, params: dict, defaults: bool = True):
         from safealign.methods.preference import LOSSES, TARGETS, StepConfig
-        merged = {**self.config.get("train", {}), **METHODS[name].defaults,
-                  **self.config.get("methods", {}).get(name, {}), **params}
+        merged = {**self.config.get("train", {}), **(self.method_settings(name, params) if defaults else params)}
         cfg = StepConfig.from_dict(merged, f"methods.{name}")
         if cfg.loss not in LOSSES or cfg.target not in TARGETS:
             raise BenchError(f"[methods.{name}]: loss must be one of {LOSSES} and target one of {TARGETS}")
         return cfg
+
+    def models_of(self, spec: str) -> list:
+        """Run a method spec ('dpo-h', 'sacpo@0.01') and return its [(label, stage)]; cached stages make a
+        method that several others build on (DPO(H)) cost one training."""
+        name, points = parse_method(spec)
+        params = {METHODS[name].sweep: points} if points else {}
+        return _import(METHODS[name].run)(self, name, params)
+
+    def model_of(self, spec: str) -> Stage:
+        models = self.models_of(spec)
+        if len(models) != 1:
+            raise BenchError(f"'{spec}' gives {len(models)} models where one is needed: pick a point, e.g. {spec}@0.01")
+        return models[0][1]
 
     # -- stages --------------------------------------------------------------------------------------------
     def data(self) -> Stage:
@@ -132,9 +193,9 @@ class Run:
                                                    self.seed), label=label)
 
     def generate(self, label: str, model: Stage, prompt_set: str) -> Stage:
-        from safealign.eval.generate import GenerationConfig, generate
+        from safealign.eval.generate import GenerationConfig, generate, resolve_backend
         gen = {"seed": self.seed, **self.config.get("generation", {})}
-        gen.setdefault("backend", "hf")
+        gen["backend"] = resolve_backend(gen.get("backend", "auto"))     # keyed on the engine that really runs
         cfg = GenerationConfig(**gen)
         prompts = self.rows(f"{prompt_set}_eval")
         return self.store.run("generate", {"generation": gen, "set": prompt_set, "template": self.template,
@@ -142,16 +203,25 @@ class Run:
                               lambda w: generate(model.model, prompts, self.template, cfg, w / "generations.jsonl",
                                                  desc=f"{label}/{prompt_set}"), label=f"generate {label}/{prompt_set}")
 
-    def judge(self, label: str, gens: dict, gen_stages: dict) -> Stage:
-        from safealign.eval.judges import make_judge
+    def judge(self, model: str, baseline: str, gens: dict, gen_stages: dict) -> list[dict]:
+        """Pairwise judgments of `model` against `baseline` on both prompt sets, both orders, every round."""
+        from safealign.eval.generate import read_jsonl
         from safealign.eval.judging import plan, run_judgments
-        jcfg = {"name": "oracle", "repetitions": 1, **self.config.get("judge", {})}
-        todo = plan(label, "sft", gens, PROMPT_SETS_BY_KIND, jcfg["repetitions"])
-        judge = make_judge(jcfg["name"], jcfg.get("settings"))
-        inputs = {f"{who}/{s}": st for (who, s), st in gen_stages.items() if who in (label, "sft")}
-        return self.store.run("judge", {"judge": jcfg}, inputs,
-                              lambda w: run_judgments(judge, todo, w / "judgments.jsonl", desc=f"judge {label}"),
-                              label=f"judge {label} vs sft")
+        todo = plan(model, baseline, gens, PROMPT_SETS_BY_KIND, self.repetitions)
+        inputs = {f"{who}/{s}": st for (who, s), st in gen_stages.items() if who in (model, baseline)}
+        stage = self.store.run("judge", {"judge": self.judge_key}, inputs,
+                               lambda w: run_judgments(self.judge_impl, todo, w / "judgments.jsonl",
+                                                       desc=f"judge {model} vs {baseline}"),
+                               label=f"judge {model} vs {baseline}")
+        return read_jsonl(stage / "judgments.jsonl")
+
+    def judge_pairs(self, labels: list[str]) -> list[tuple[str, str]]:
+        """Every model against SFT; with all_pairs (needed for Elo) every other pair as well."""
+        pairs = [(m, "sft") for m in labels if m != "sft"]
+        if self.all_pairs:
+            rest = [m for m in labels if m != "sft"]
+            pairs += [(a, b) for i, a in enumerate(rest) for b in rest[i + 1:]]
+        return pairs
 
     # -- the whole run -------------------------------------------------------------------------------------
     def execute(self) -> "pd.DataFrame":  # noqa: F821
@@ -163,20 +233,22 @@ class Run:
         self.data_stage = self.data()
         self.reference = self.build_reference()
         models: dict[str, Stage] = {}
-        for name in self.methods:
-            fn = _import(METHODS[name].run)
-            for label, stage in fn(self, name, {}):
-                models[label] = stage
+        for spec in self.methods:
+            models.update(self.models_of(spec))
         gens, gen_stages = {}, {}
         for label, stage in models.items():
             for s in PROMPT_SETS:
                 gen_stages[(label, s)] = self.generate(label, stage, s)
                 gens.setdefault(label, {})[s] = read_jsonl(gen_stages[(label, s)] / "generations.jsonl")
-        judgments = {label: read_jsonl(self.judge(label, gens, gen_stages) / "judgments.jsonl")
-                     for label in models if label != "sft"}
+        judgments = {pair: self.judge(*pair, gens, gen_stages) for pair in self.judge_pairs(list(models))}
+        if hasattr(self.judge_impl, "close"):
+            self.judge_impl.close()
+        extra = {label: self.judge_impl.metrics(gens[label]) for label in models} \
+            if hasattr(self.judge_impl, "metrics") else {}
         oracle = self.config["data"].get("source", "world") == "world"
-        summary = summarize(gens, judgments, oracle)
-        write_outputs(self.out, summary, gens, judgments, self.log)
+        summary = summarize(gens, judgments, oracle, extra, self.failed_as_tie)
+        write_outputs(self.out, summary, gens, judgments, self.log, seed=self.seed,
+                      usage=getattr(self.judge_impl, "usage", None))
         self.log(f"stages: {len(self.store.computed)} computed, {len(self.store.cached)} cached")
         return summary
 

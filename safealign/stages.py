@@ -37,14 +37,13 @@ class RunLog:
 
     def __init__(self, path: Path | None, echo: bool = True):
         self.path, self.echo = path, echo
-        if path:
-            path.parent.mkdir(parents=True, exist_ok=True)
 
     def __call__(self, msg: str) -> None:
         line = f"[{time.strftime('%H:%M:%S')}] {msg}"
         if self.echo:
             print(line, flush=True)
         if self.path:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.path, "a") as f:
                 f.write(line + "\n")
 

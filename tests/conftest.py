@@ -1,5 +1,35 @@
 import os
+import shutil
+import subprocess
+import sys
+
+import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+BENCH = [sys.executable, "-m", "safealign.cli", "run", "--benchmark", "tiny"]
+
+
+def bench_run(methods, out, cache, *extra, **kw):
+    return subprocess.run(BENCH + ["--methods", methods, "--out", str(out), "--cache", str(cache), *extra],
+                          capture_output=True, text=True, **kw)
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    """One real `bench run --benchmark tiny --methods sft,dpo-h` (about 90 s); its cache is reused by later tests."""
+    root = tmp_path_factory.mktemp("tiny")
+    r = bench_run("sft,dpo-h", root / "run1", root / "cache")
+    assert r.returncode == 0, r.stderr[-3000:]
+    return root
+
+
+@pytest.fixture
+def reference_only_cache(tiny, tmp_path):
+    """A cache holding the tiny world and its SFT reference but no alignment step yet."""
+    cache = tmp_path / "cache"
+    for stage in ("world", "base", "sft"):
+        shutil.copytree(tiny / "cache" / stage, cache / stage)
+    return cache

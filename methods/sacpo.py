@@ -1,0 +1,26 @@
+"""SACPO, stepwise alignment (Wachi et al. 2024, Theorem 1): pi* = pi*_r exp(lambda g / beta) / Y(x), so the
+constrained optimum is reached by first aligning for one objective, then re-aligning the result for the other
+with KL coefficient beta/lambda and the step-1 model as the reference. lambda is never learned: beta/lambda is
+swept and chosen post hoc (REFERENCE §1-§2).
+
+Variants are fields: `first` names the one-step method of step 1 (dpo-h, kto-h, dpo-s: its config, and so its
+cached stage, is shared with that method), `loss`/`target` say what step 2 optimises, `ratios` the beta/lambda
+sweep. Every other key overrides step 2's optimiser settings (the paper's step 2 uses a smaller batch).
+"""
+from __future__ import annotations
+
+SWEEP_KEYS = ("first", "ratios")
+
+
+def stepwise(run, name: str, params: dict) -> list:
+    settings = run.method_settings(name, params)
+    first = settings["first"]
+    step1 = run.model_of(first)
+    out = []
+    for ratio in settings["ratios"]:
+        step2_params = {k: v for k, v in settings.items() if k not in SWEEP_KEYS}
+        cfg = run.step_config(name, {**step2_params, "beta": float(ratio)}, defaults=False)
+        label = f"{name}@{float(ratio):g}"
+        # Theorem 1: step 2 starts from the step-1 model AND keeps it, frozen, as its reference.
+        out.append((label, run.align(label, cfg, policy=step1, reference=step1)))
+    return out
