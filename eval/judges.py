@@ -92,7 +92,7 @@ class ScoreModelJudge:
         model, tok = self._model(kind)
         out = []
         for i in range(0, len(prompts), self.batch_size):
-            texts = [self.template.format(input=p) + " " + r
+            texts = [self.template.format(input=p) + " " + r + (tok.eos_token or "")
                      for p, r in zip(prompts[i:i + self.batch_size], responses[i:i + self.batch_size])]
             enc = tok(texts, return_tensors="pt", padding=True)
             with torch.no_grad():

@@ -18,6 +18,7 @@ class Method:
 ONE = "safealign.methods.preference:one_step"
 STEPWISE = "safealign.methods.sacpo:stepwise"
 MERGE = "safealign.methods.merge:merge"
+RL = "safealign.methods.ppo:rl_method"
 RATIOS = [0.1, 0.05, 0.025, 0.01]          # the paper's beta/lambda sweep
 WEIGHTS = [0.25, 0.5, 0.75]                # the paper's merge weights q
 
@@ -40,4 +41,8 @@ METHODS = {
                      {"a": "dpo-h", "b": "sacpo@0.01", "weights": WEIGHTS}, sweep="weights"),
     "naive-merge": Method(MERGE, "naive merging: (1-q) DPO(H) + q DPO(S) (q 0.75: 0.694 / 0.690)",
                           {"a": "dpo-h", "b": "dpo-s", "weights": WEIGHTS}, sweep="weights"),
+    "saferlhf": Method(RL, "Safe RLHF PPO-Lagrangian, reward + cost model (beaver-7b-v1.0: 0.596 / 0.692)",
+                       {"algorithm": "saferlhf"}),
+    "repo": Method(RL, "RePO: PPO with the rectified per-prompt constraint max(C, 0) (not in SACPO's tables)",
+                   {"algorithm": "repo"}),
 }

@@ -66,6 +66,16 @@ def oracle_columns(gens: dict) -> dict:
             "oracle_recognised_share": statistics.fmean(m["recognised"] for m in helpful + redteam)}
 
 
+def copy_training_logs(out: Path, models: dict) -> None:
+    """Each trained model's curves beside the results: TRL's log history, or the RL curves and their plot."""
+    import shutil
+    for label, stage in models.items():
+        for name in ("log_history.json", "curves.jsonl", "curves.png"):
+            if (stage / name).exists():
+                (out / "training").mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(stage / name, out / "training" / f"{label}.{name}")
+
+
 def write_outputs(out: Path, summary, gens: dict, judgments: dict, log, seed: int = 0, usage=None) -> None:
     from dataclasses import asdict
 

@@ -104,6 +104,12 @@ class Run:
             rest = {k: v for k, v in settings.items() if k not in ("first", "ratios")}
             for ratio in settings["ratios"]:
                 self.step_config(name, {**rest, "beta": float(ratio)}, defaults=False)
+        elif kind.endswith(":rl_method"):
+            from safealign.methods.ppo import PPOConfig
+            from safealign.methods.training import from_dict
+            cfg = from_dict(PPOConfig, self.method_settings(name, {}), f"methods.{name}")
+            if cfg.algorithm not in ("saferlhf", "repo"):
+                raise BenchError(f"[methods.{name}] algorithm must be 'saferlhf' or 'repo', got '{cfg.algorithm}'")
         elif kind.endswith(":merge"):
             settings = self.method_settings(name, {"weights": points} if points else {})
             for ref in (settings["a"], settings["b"]):
@@ -226,7 +232,7 @@ class Run:
     # -- the whole run -------------------------------------------------------------------------------------
     def execute(self) -> "pd.DataFrame":  # noqa: F821
         from safealign.eval.generate import read_jsonl
-        from safealign.report import summarize, write_outputs
+        from safealign.report import copy_training_logs, summarize, write_outputs
         self.log(f"run {self.config['name']}: methods {','.join(self.methods)} -> {self.out}")
         write_atomic(self.out / "config.json", json.dumps({"benchmark": self.config, "methods": self.methods,
                                                            "limit": self.limit, "seed": self.seed}, indent=2))
@@ -247,6 +253,7 @@ class Run:
             if hasattr(self.judge_impl, "metrics") else {}
         oracle = self.config["data"].get("source", "world") == "world"
         summary = summarize(gens, judgments, oracle, extra, self.failed_as_tie)
+        copy_training_logs(self.out, models)
         write_outputs(self.out, summary, gens, judgments, self.log, seed=self.seed,
                       usage=getattr(self.judge_impl, "usage", None))
         self.log(f"stages: {len(self.store.computed)} computed, {len(self.store.cached)} cached")

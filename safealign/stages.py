@@ -17,6 +17,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 
+# Part of every stage key: bump it when a change to the code changes what a stage computes, so that old
+# cached results are not taken for new ones.
+CODE_VERSION = 1
+
+
 def digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -73,7 +78,8 @@ class Store:
         self.cached: list[str] = []
 
     def key(self, name: str, config: dict, inputs: dict[str, Stage]) -> str:
-        return digest({"stage": name, "config": config, "inputs": {k: v.key for k, v in inputs.items()}})
+        return digest({"stage": name, "config": config, "inputs": {k: v.key for k, v in inputs.items()},
+                       "code": CODE_VERSION})
 
     def run(self, name: str, config: dict, inputs: dict[str, Stage], fn: Callable[[Path], None],
             label: str | None = None) -> Stage:

@@ -1,0 +1,86 @@
+"""The pure math of Safe RLHF's PPO-Lagrangian and of RePO (REFERENCE §5-§6), in small torch functions."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def reward_model_loss(r_better: torch.Tensor, r_worse: torch.Tensor) -> torch.Tensor:
+    """Safe RLHF reward model: -log sigmoid(r_better - r_worse), mean over pairs (Bradley-Terry)."""
+    return -F.logsigmoid(r_better - r_worse).mean()
+
+
+def cost_model_loss(c_safer: torch.Tensor, c_unsafer: torch.Tensor, safer_is_safe: torch.Tensor,
+                    unsafer_is_safe: torch.Tensor) -> torch.Tensor:
+    """Safe RLHF cost model: -log sig(c_unsafer - c_safer) - log sig(s_safer c_safer) - log sig(s_unsafer c_unsafer),
+    with s = +1 for an unsafe response and -1 for a safe one, so unsafe answers are pushed to cost > 0 and
+    safe ones to cost < 0; mean over pairs."""
+    s_safer = 1.0 - 2.0 * safer_is_safe.float()
+    s_unsafer = 1.0 - 2.0 * unsafer_is_safe.float()
+    return (-F.logsigmoid(c_unsafer - c_safer) - F.logsigmoid(s_safer * c_safer)
+            - F.logsigmoid(s_unsafer * c_unsafer)).mean()
+
+
+def token_rewards(kl: torch.Tensor, score: torch.Tensor, mask: torch.Tensor, kl_coeff: float, sign: float,
+                  clip: float = 50.0) -> torch.Tensor:
+    """Per-token rewards of one critic: sign * kl_coeff * kl at every token (reward: -beta kl, cost: +beta kl),
+    plus the clipped sequence score at the last response token. kl, mask: (B, T); score: (B,)."""
+    out = sign * kl_coeff * kl * mask
+    last = mask.long().cumsum(-1).argmax(-1)        # index of each row's last response token
+    out[torch.arange(len(out)), last] += score.clamp(-clip, clip)
+    return out
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0,
+        lam: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation over response tokens (B, T); V = 0 after the last token.
+    delta_t = r_t + gamma V_{t+1} - V_t; A_t = delta_t + gamma lam A_{t+1}; returns = A + V."""
+    values = values * mask
+    adv = torch.zeros_like(rewards)
+    running = torch.zeros(rewards.shape[0], dtype=rewards.dtype)
+    T = rewards.shape[1]
+    for t in reversed(range(T)):
+        next_v = values[:, t + 1] if t + 1 < T else torch.zeros_like(running)
+        delta = rewards[:, t] + gamma * next_v - values[:, t]
+        running = (delta + gamma * lam * running) * mask[:, t]
+        adv[:, t] = running
+    return adv, adv + values
+
+
+def combined_advantage(adv_r: torch.Tensor, adv_c: torch.Tensor, lam: float) -> torch.Tensor:
+    """Safe RLHF actor advantage: (A_r - lambda A_c) / (1 + lambda)."""
+    return (adv_r - lam * adv_c) / (1.0 + lam)
+
+
+def clipped_surrogate(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor,
+                      clip: float = 0.2) -> torch.Tensor:
+    """PPO actor loss: -min(rho A, clip(rho, 1 - eps, 1 + eps) A), averaged over response tokens."""
+    ratio = torch.exp(logp - old_logp)
+    loss = -torch.minimum(ratio * adv, ratio.clamp(1 - clip, 1 + clip) * adv)
+    return (loss * mask).sum() / mask.sum().clamp(min=1)
+
+
+def clipped_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
+                       clip: float = 5.0) -> torch.Tensor:
+    """Critic loss: 0.5 max((V - R)^2, (clip(V, V_old +- eps) - R)^2), averaged over response tokens."""
+    clipped = old_values + (values - old_values).clamp(-clip, clip)
+    loss = 0.5 * torch.maximum((values - returns) ** 2, (clipped - returns) ** 2)
+    return (loss * mask).sum() / mask.sum().clamp(min=1)
+
+
+def lagrange_update(log_lambda: float, mean_cost: float, threshold: float = 0.0, lr: float = 0.1,
+                    lambda_max: float | None = 5.0) -> float:
+    """Safe RLHF's multiplier step on log lambda: log lambda += lr * lambda * (J_c - threshold), then
+    lambda <= lambda_max. It rises while the mean episode cost is above the threshold and falls below it."""
+    lam = math.exp(log_lambda)
+    log_lambda = log_lambda + lr * lam * (mean_cost - threshold)
+    if lambda_max is not None:
+        log_lambda = min(log_lambda, math.log(lambda_max))
+    return log_lambda
+
+
+def rectified(cost: torch.Tensor) -> torch.Tensor:
+    """RePO's per-sample penalty {C(x, y)}^+ = max(C, 0): a safe sample (C <= 0) is not penalised at all."""
+    return cost.clamp(min=0.0)
