@@ -27,6 +27,7 @@ class Verdict:
     score_b: float | None
     ok: bool = True
     raw: str = ""
+    retryable: bool = False    # a transport failure (not a bad answer): the next run asks again
 
 
 def oracle_score(kind: str, prompt: str, response: str) -> float:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from safealign import BenchError
 from safealign.eval.generate import read_jsonl
 from safealign.eval.judges import Comparison
 
@@ -38,11 +39,15 @@ def run_judgments(judge, todo_all: list[dict], out: Path, batch_size: int = 32, 
     done = {judgment_id(r): r for r in read_jsonl(out)}
     out.write_text("".join(json.dumps(r) + "\n" for r in done.values()))
     todo = [r for r in todo_all if judgment_id(r) not in done]
+    retry = 0
     with open(out, "a") as f, tqdm(total=len(todo), desc=desc, unit="pair", disable=not todo) as bar:
         for i in range(0, len(todo), batch_size):
             batch = todo[i:i + batch_size]
             comps = [_comparison(r) for r in batch]
             for r, v in zip(batch, judge.judge(comps)):
+                if v.retryable:          # not written: the stage stays unfinished and a rerun asks again
+                    retry += 1
+                    continue
                 first_is_model = r["order"] == "model_first"
                 rec = {k: r[k] for k in ("kind", "prompt_id", "order", "repetition", "model", "baseline")}
                 rec.update(score_model=v.score_a if first_is_model else v.score_b,
@@ -50,6 +55,9 @@ def run_judgments(judge, todo_all: list[dict], out: Path, batch_size: int = 32, 
                 f.write(json.dumps(rec) + "\n")
             f.flush()
             bar.update(len(batch))
+    if retry:
+        raise BenchError(f"{retry} judge calls failed after all retries (rate limits, server errors or timeouts); "
+                         "the other judgments are kept: run the same command again to ask only for these")
     by_id = {judgment_id(r): r for r in read_jsonl(out)}
     return [by_id[judgment_id(r)] for r in todo_all]
 

@@ -33,7 +33,8 @@ def judge_batch(judge, items: list[Comparison]) -> list[Verdict]:
             key, body = judge.request(items[i], attempt)
             answer = judge.cached(key)
             if answer is None:       # failed items are not cached, so a rerun submits them again
-                verdicts[i] = Verdict(None, None, False, errors.get(key, "no answer in the batch output"))
+                verdicts[i] = Verdict(None, None, False, errors.get(key, "no answer in the batch output"),
+                                      retryable=True)
                 continue
             judge._count_tokens(answer, key)
             scores = parse_scores(answer["content"])

@@ -155,8 +155,9 @@ class OpenAIJudge:
             key, body = self.request(c, attempt)
             answer = answer_for(key, body)
             if "error" in answer:
-                raw = answer["error"]
-                break
+                with self._lock:
+                    self.usage.failed += 1
+                return Verdict(None, None, False, answer["error"], retryable=True)
             self._count_tokens(answer, key)
             raw = answer["content"]
             scores = parse_scores(raw)

@@ -14,6 +14,10 @@ NAMES = {"sacpo": "DPO(H)→DPO(S)", "sacpo-dpo-kto": "DPO(H)→KTO(S)", "sacpo-
          "sacpo-s-first": "DPO(S)→DPO(H)", "psacpo": "P-SACPO", "naive-merge": "naive merging",
          "dpo-h": "DPO(H)", "kto-h": "KTO(H)", "dpo-s": "DPO(S)", "saferlhf": "Safe RLHF", "repo": "RePO", "sft": "SFT"}
 CROSSES = ("sft", "saferlhf", "repo")
+# one colour per method family, the same in every panel
+COLORS = {"sacpo": "tab:blue", "sacpo-dpo-kto": "tab:orange", "sacpo-kto-dpo": "tab:green",
+          "sacpo-s-first": "tab:purple", "psacpo": "tab:blue", "naive-merge": "tab:brown",
+          "dpo-h": "tab:olive", "kto-h": "tab:cyan", "dpo-s": "tab:pink"}
 X, Y = "helpfulness_win_rate", "harmlessness_win_rate"
 
 
@@ -74,12 +78,11 @@ def plot_figure2(summary, folder: Path, paper: bool = False) -> list[Path]:
     plt = _plt()
     ref = paper_points() if paper else None
     fig, axes = plt.subplots(1, 3, figsize=(16, 5.2))
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     rows = {r["method"]: r for _, r in summary.iterrows()}
     for ax, (title, families, singles) in zip(axes, PANELS):
         _axes_style(ax, title)
-        for i, family in enumerate(families + singles):
-            color = colors[i % len(colors)]
+        for family in families + singles:
+            color = COLORS.get(family, "tab:gray")
             ours = sorted((split(m)[1] or 0.0, rows[m]) for m in rows if split(m)[0] == family)
             if ours:
                 xs, ys = [r[X] for _, r in ours], [r[Y] for _, r in ours]
@@ -97,6 +100,10 @@ def plot_figure2(summary, folder: Path, paper: bool = False) -> list[Path]:
                     ax.scatter([r[X]], [r[Y]], marker="x", s=70, color="black" if name == "sft" else "tab:red")
                     ax.annotate(NAMES.get(name, name), (r[X], r[Y]), textcoords="offset points", xytext=(5, -10),
                                 fontsize=8)
+        if ref is not None:
+            for _, r in ref[ref["method"] == "saferlhf"].iterrows():
+                ax.scatter([r[X]], [r[Y]], marker="X", s=70, facecolors="none", edgecolors="tab:red",
+                           label="Safe RLHF (paper)")
         ax.legend(fontsize=7, loc="lower left")
     fig.suptitle("Win rate vs SFT" + (" (hollow: SACPO paper, Table 3)" if paper else ""))
     fig.tight_layout()

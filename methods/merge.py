@@ -29,7 +29,6 @@ def merge_state_dicts(a: dict, b: dict, q: float) -> dict:
 
 
 def merge_checkpoints(a: Path, b: Path, q: float, out: Path) -> None:
-    import torch  # noqa: F401  (loads before transformers so dtype handling is the same everywhere)
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     ca, cb = AutoConfig.from_pretrained(a), AutoConfig.from_pretrained(b)
     if ca.architectures != cb.architectures or ca.model_type != cb.model_type:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -230,7 +229,7 @@ class Run:
         return pairs
 
     # -- the whole run -------------------------------------------------------------------------------------
-    def execute(self) -> "pd.DataFrame":  # noqa: F821
+    def execute(self):
         from safealign.eval.generate import read_jsonl
         from safealign.report import copy_training_logs, summarize, write_outputs
         self.log(f"run {self.config['name']}: methods {','.join(self.methods)} -> {self.out}")

@@ -146,3 +146,16 @@ def test_a_run_with_the_gpt4_judge_pays_once_and_never_writes_the_key(server, tm
         if path.is_file() and path.stat().st_size < 5_000_000:
             assert KEY.encode() not in path.read_bytes(), path
     assert KEY not in r.stdout + r.stderr
+
+
+def test_transport_failures_leave_the_stage_unfinished_and_a_rerun_asks_only_for_them(server, tmp_path):
+    from safealign.eval.judging import plan, run_judgments
+    gens = {m: {"helpful": [{"prompt_id": f"p{i}", "prompt": f"q{i}?", "response": f"{m} answer {i}"}
+                            for i in range(3)]} for m in ("x", "sft")}
+    todo = plan("x", "sft", gens, {"helpfulness": "helpful"}, 1)          # 3 prompts x 2 orders = 6 calls
+    server.script = ["500", "500"]
+    with pytest.raises(BenchError, match="2 judge calls failed"):
+        run_judgments(judge(tmp_path, max_retries=0), todo, tmp_path / "j.jsonl")
+    assert len((tmp_path / "j.jsonl").read_text().splitlines()) == 4 and server.chat_calls() == 6
+    rows = run_judgments(judge(tmp_path, max_retries=0), todo, tmp_path / "j.jsonl")
+    assert len(rows) == 6 and all(r["ok"] for r in rows) and server.chat_calls() == 8

@@ -2,11 +2,9 @@
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pandas as pd
-import pytest
 
 from conftest import BENCH, bench_run
 
