@@ -138,10 +138,14 @@ def test_a_run_with_the_gpt4_judge_pays_once_and_never_writes_the_key(server, tm
            str(tmp_path / "cache"), "--set", "judge.name=gpt4", "--set", "judge.repetitions=2"]
     r = subprocess.run(cmd + ["--out", str(tmp_path / "a")], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert server.chat_calls() == 2 * 6 * 2 * 2                # 2 prompt sets x 6 prompts x 2 orders x 2 rounds
-    assert "48 requests sent" in (tmp_path / "a" / "run.log").read_text()
+    # 2 prompt sets x 6 prompts x 2 orders x 2 rounds = 48 judgments; when the two answers to a prompt are the
+    # same, both orders are one request, and whichever comes second may be served by the cache
+    import re
+    sent, cached = map(int, re.search(r"(\d+) requests sent, (\d+) answered from cache",
+                                      (tmp_path / "a" / "run.log").read_text()).groups())
+    assert sent + cached == 48 and server.chat_calls() == sent
     r = subprocess.run(cmd + ["--out", str(tmp_path / "b")], capture_output=True, text=True)
-    assert r.returncode == 0 and server.chat_calls() == 48
+    assert r.returncode == 0 and server.chat_calls() == sent
     for path in list(tmp_path.rglob("*")):
         if path.is_file() and path.stat().st_size < 5_000_000:
             assert KEY.encode() not in path.read_bytes(), path
