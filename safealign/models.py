@@ -60,8 +60,11 @@ def export_smollm2_wheel(out: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     tok = AutoTokenizer.from_pretrained(folder, gguf_file=ggufs[0].name)
-    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=ggufs[0].name, torch_dtype=torch.float32)
-    fresh = AutoModelForCausalLM.from_config(loaded.config, torch_dtype=torch.float32)
+    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=ggufs[0].name, dtype=torch.float32)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):     # the weights are dequantised now: a plain checkpoint
+        del config.quantization_config
+    fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     fresh.load_state_dict(loaded.state_dict())
     fresh.save_pretrained(out)
     tok.save_pretrained(out)

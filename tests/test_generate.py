@@ -19,7 +19,8 @@ def test_generation_resumes_only_missing_prompts(tmp_path):
     out = tmp_path / "gen.jsonl"
     kept = [{"prompt_id": "p1", "prompt": "x", "response": "KEPT-1"}, {"prompt_id": "p3", "prompt": "x", "response": "KEPT-3"}]
     out.write_text("".join(json.dumps(r) + "\n" for r in kept) + '{"prompt_id": "p4", "resp')
-    rows = generate(tmp_path / "m", prompts, "USER: {input} ASSISTANT:", GenerationConfig(backend="hf", max_new_tokens=4), out)
+    cfg = GenerationConfig(backend="hf", max_new_tokens=4)
+    rows = generate(tmp_path / "m", prompts, "USER: {input} ASSISTANT:", cfg, out)
     assert [r["prompt_id"] for r in rows] == ["p0", "p1", "p2", "p3", "p4"]
     assert rows[1]["response"] == "KEPT-1" and rows[3]["response"] == "KEPT-3"
     assert not any(r["response"].startswith("KEPT") for r in rows[::2])
