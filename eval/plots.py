@@ -94,12 +94,13 @@ def plot_figure2(summary, folder: Path, paper: bool = False) -> list[Path]:
                 theirs = ref[[split(m)[0] == family for m in ref["method"]]]
                 ax.scatter(theirs[X], theirs[Y], facecolors="none", edgecolors=color, s=45,
                            label=f"{NAMES.get(family, family)} (paper)" if len(theirs) else None)
-        for name in CROSSES:
+        for i, name in enumerate(CROSSES):
             for m, r in rows.items():
                 if split(m)[0] == name:
                     ax.scatter([r[X]], [r[Y]], marker="x", s=70, color="black" if name == "sft" else "tab:red")
-                    ax.annotate(NAMES.get(name, name), (r[X], r[Y]), textcoords="offset points", xytext=(5, -10),
-                                fontsize=8)
+                    # staggered so that baselines landing on the same spot stay readable
+                    ax.annotate(NAMES.get(name, name), (r[X], r[Y]), textcoords="offset points",
+                                xytext=(-40 if i else 5, -10 - 10 * i), fontsize=8)
         if ref is not None:
             for _, r in ref[ref["method"] == "saferlhf"].iterrows():
                 ax.scatter([r[X]], [r[Y]], marker="X", s=70, facecolors="none", edgecolors="tab:red",
