@@ -105,7 +105,8 @@ def plot_figure2(summary, folder: Path, paper: bool = False) -> list[Path]:
             for _, r in ref[ref["method"] == "saferlhf"].iterrows():
                 ax.scatter([r[X]], [r[Y]], marker="X", s=70, facecolors="none", edgecolors="tab:red",
                            label="Safe RLHF (paper)")
-        ax.legend(fontsize=7, loc="lower left")
+        if ax.get_legend_handles_labels()[0]:       # a panel with none of its methods in this run has no legend
+            ax.legend(fontsize=7, loc="lower left")
     fig.suptitle("Win rate vs SFT" + (" (hollow: SACPO paper, Table 3)" if paper else ""))
     fig.tight_layout()
     return _save(fig, folder, "figure2")
