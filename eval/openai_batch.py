@@ -36,7 +36,6 @@ def judge_batch(judge, items: list[Comparison]) -> list[Verdict]:
                 verdicts[i] = Verdict(None, None, False, errors.get(key, "no answer in the batch output"),
                                       retryable=True)
                 continue
-            judge._count_tokens(answer, key)
             scores = parse_scores(answer["content"])
             if scores:
                 verdicts[i] = Verdict(scores[0], scores[1], True, answer["content"])
@@ -84,8 +83,9 @@ def _run_batch(judge, requests: dict[str, dict]) -> dict[str, str]:
         response = rec.get("response") or {}
         if response.get("status_code") == 200:
             body = response["body"]
-            judge.store(rec["custom_id"], {"content": body["choices"][0]["message"]["content"] or "",
-                                           "usage": body.get("usage") or {}})
+            answer = {"content": body["choices"][0]["message"]["content"] or "", "usage": body.get("usage") or {}}
+            judge.store(rec["custom_id"], answer)
+            judge.count_tokens(answer)
         else:
             errors[rec["custom_id"]] = f"batch item failed with status {response.get('status_code')}"
     state_path.unlink()            # collected: the answers are in the cache now

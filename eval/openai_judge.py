@@ -137,6 +137,7 @@ class OpenAIJudge:
                 answer = {"content": resp.choices[0].message.content or "",
                           "usage": resp.usage.model_dump() if resp.usage else {}}
                 self.store(key, answer)
+                self.count_tokens(answer)          # only answers paid for in this run
                 return answer
             except (openai.RateLimitError, openai.InternalServerError, openai.APITimeoutError,
                     openai.APIConnectionError) as e:
@@ -144,8 +145,12 @@ class OpenAIJudge:
                     return {"error": f"{type(e).__name__} after {attempt + 1} tries"}
                 time.sleep(_retry_after(e, wait))
                 wait *= 2
-            except openai.APIStatusError as e:       # 400, 401, 404: retrying will not help
-                return {"error": f"{type(e).__name__}: {e.status_code}"}
+            except openai.APIStatusError as e:       # retrying will not help
+                if e.status_code in (401, 403, 404):
+                    raise BenchError(f"the judge server refused '{self.cfg.model}' with {e.status_code} "
+                                     f"({type(e).__name__}): check OPENAI_API_KEY, OPENAI_BASE_URL and the model "
+                                     "name") from None
+                return {"error": f"{type(e).__name__}: {e.status_code}", "final": True}
         return {"error": "unreachable"}
 
     def verdict(self, c: Comparison, answer_for) -> Verdict:
@@ -157,8 +162,7 @@ class OpenAIJudge:
             if "error" in answer:
                 with self._lock:
                     self.usage.failed += 1
-                return Verdict(None, None, False, answer["error"], retryable=True)
-            self._count_tokens(answer, key)
+                return Verdict(None, None, False, answer["error"], retryable=not answer.get("final"))
             raw = answer["content"]
             scores = parse_scores(raw)
             if scores:
@@ -167,7 +171,7 @@ class OpenAIJudge:
             self.usage.failed += 1
         return Verdict(None, None, False, raw)
 
-    def _count_tokens(self, answer: dict, key: str) -> None:
+    def count_tokens(self, answer: dict) -> None:
         usage = answer.get("usage") or {}
         with self._lock:
             self.usage.prompt_tokens += int(usage.get("prompt_tokens", 0))

@@ -23,7 +23,7 @@ def default_answer(body: dict) -> str:
 class FakeOpenAI:
     def __init__(self):
         self.requests: list[tuple[str, str]] = []      # (method, path) of every request
-        self.script: list[str] = []                     # behaviours for the next chat calls: ok|429|500|timeout|malformed
+        self.script: list[str] = []                     # behaviours for the next chat calls: ok|401|429|500|timeout|malformed
         self.stall_seconds = 3.0
         self.files: dict[str, bytes] = {}
         self.batches: dict[str, dict] = {}
@@ -128,6 +128,8 @@ class FakeOpenAI:
                 if behaviour == "429":
                     return self._send(429, {"error": {"message": "rate limited", "type": "rate_limit"}},
                                       {"retry-after": "0"})
+                if behaviour == "401":
+                    return self._send(401, {"error": {"message": "Incorrect API key provided", "type": "auth"}})
                 if behaviour == "500":
                     return self._send(500, {"error": {"message": "server error"}})
                 if behaviour == "timeout":

@@ -60,6 +60,7 @@ def test_normal_answers_and_cache(server, tmp_path):
     again = judge(tmp_path)
     assert [v.score_a for v in again.judge(items)] == [v.score_a for v in verdicts]
     assert server.chat_calls() == 3 and again.usage.sent == 0 and again.usage.cached == 3
+    assert again.usage.prompt_tokens == 0 and again.usage.cost(again.cfg) == 0.0    # nothing paid this time
 
 
 def test_repetitions_are_distinct_calls(server, tmp_path):
@@ -163,3 +164,10 @@ def test_transport_failures_leave_the_stage_unfinished_and_a_rerun_asks_only_for
     assert len((tmp_path / "j.jsonl").read_text().splitlines()) == 4 and server.chat_calls() == 6
     rows = run_judgments(judge(tmp_path, max_retries=0), todo, tmp_path / "j.jsonl")
     assert len(rows) == 6 and all(r["ok"] for r in rows) and server.chat_calls() == 8
+
+
+def test_a_refused_key_stops_the_run_with_one_line_that_does_not_echo_it(server, tmp_path):
+    server.script = ["401"]
+    with pytest.raises(BenchError, match="refused.*401.*OPENAI_API_KEY") as e:
+        judge(tmp_path).judge(comparisons(1))
+    assert KEY not in str(e.value) and "\n" not in str(e.value)
