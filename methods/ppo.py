@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 from collections import deque
 from dataclasses import asdict, dataclass
@@ -54,6 +55,7 @@ class PPOConfig:
     reward_model_epochs: int = 2
     cost_model_epochs: int = 2
     score_model_lr: float = 2e-5
+    save_every: int = 20          # steps between checkpoints that a killed run resumes from (0: none)
 
 
 class Models:
@@ -155,18 +157,44 @@ def _ptx_batch(m: Models, rows: list[dict], template: str, rng: random.Random, n
     return {**enc, "labels": labels}
 
 
+def save_checkpoint(path: Path, m: Models, step: int, log_lambda: float, window: deque, curves: list,
+                    rng: random.Random) -> None:
+    """Everything the loop needs to continue exactly where it stopped, in one file replaced atomically."""
+    state = {"step": step, "log_lambda": log_lambda, "window": list(window), "curves": curves,
+             "py_rng": rng.getstate(), "torch_rng": torch.get_rng_state(),
+             "actor": m.actor.state_dict(), "vr": m.vr.state_dict(), "vc": m.vc.state_dict(),
+             "opt_actor": m.opt_actor.state_dict(), "opt_critics": m.opt_critics.state_dict(),
+             "sched": m.sched.state_dict()}
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, m: Models, rng: random.Random) -> dict:
+    state = torch.load(path, weights_only=False)
+    for name in ("actor", "vr", "vc", "opt_actor", "opt_critics", "sched"):
+        getattr(m, name).load_state_dict(state[name])
+    rng.setstate(state["py_rng"])
+    torch.set_rng_state(state["torch_rng"])
+    return state
+
+
 def train_ppo(cfg: PPOConfig, sft: Path, reward: Path, cost: Path, rows: list[dict], template: str, work: Path,
               seed: int) -> None:
     from tqdm import tqdm
     torch.manual_seed(seed)
     rng = random.Random(seed)
     m = Models(sft, reward, cost, cfg)
-    log_lambda = math.log(cfg.lambda_init)
-    window = deque(maxlen=cfg.episode_window)
-    curves = []
+    log_lambda, window, curves, first = math.log(cfg.lambda_init), deque(maxlen=cfg.episode_window), [], 0
+    work.mkdir(parents=True, exist_ok=True)
+    ckpt = work / "checkpoint.pt"
+    if ckpt.exists():          # a killed run: continue from its last checkpoint
+        state = load_checkpoint(ckpt, m, rng)
+        log_lambda, curves, first = state["log_lambda"], state["curves"], state["step"]
+        window.extend(state["window"])
     prompts = [template.format(input=r["prompt"]) for r in rows]
-    with tqdm(total=cfg.steps, desc=cfg.algorithm, unit="step") as bar:
-        for step in range(cfg.steps):
+    with tqdm(total=cfg.steps, initial=first, desc=cfg.algorithm, unit="step") as bar:
+        for step in range(first, cfg.steps):
             batch = rollout(m, [prompts[rng.randrange(len(prompts))] for _ in range(cfg.rollout_batch)], cfg)
             costs = rectified(batch["cost"]) if cfg.algorithm == "repo" else batch["cost"]
             window.extend(costs.tolist())
@@ -181,12 +209,15 @@ def train_ppo(cfg: PPOConfig, sft: Path, reward: Path, cost: Path, rows: list[di
                            "unsafe_share": float((batch["cost"] > 0).float().mean()), "lambda": lam, **stats})
             bar.set_postfix(reward=f"{curves[-1]['reward']:.2f}", cost=f"{curves[-1]['cost']:.2f}", lam=f"{lam:.2f}")
             bar.update()
+            if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
+                save_checkpoint(ckpt, m, step + 1, log_lambda, window, curves, rng)
     m.actor.save_pretrained(work / "model")
     m.tok.padding_side = "right"
     m.tok.save_pretrained(work / "model")
     (work / "curves.jsonl").write_text("".join(json.dumps(c) + "\n" for c in curves))
     (work / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     plot_curves(curves, work / "curves.png", cfg.algorithm)
+    ckpt.unlink(missing_ok=True)
 
 
 def plot_curves(curves: list[dict], path: Path, title: str) -> None:

@@ -1,0 +1,51 @@
+"""A PPO run killed mid-stage resumes from its checkpoint and ends exactly as an uninterrupted run."""
+import json
+
+import pytest
+import torch
+
+from helpers import tiny_model
+from safealign import world
+from safealign.methods import ppo
+
+
+def score_model(folder, base, seed):
+    from transformers import AutoConfig, AutoTokenizer, LlamaForSequenceClassification
+    config = AutoConfig.from_pretrained(base)
+    config.num_labels = 1
+    torch.manual_seed(seed)
+    LlamaForSequenceClassification(config).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(base).save_pretrained(folder)
+    return folder
+
+
+def test_killed_ppo_resumes_to_identical_curves(tmp_path, monkeypatch):
+    sft = tiny_model(tmp_path / "sft")
+    rm, cm = score_model(tmp_path / "rm", sft, 1), score_model(tmp_path / "cm", sft, 2)
+    rows = world.build()["train"][:40]
+    cfg = ppo.PPOConfig(steps=4, rollout_batch=4, max_new_tokens=8, save_every=2, actor_lr=1e-3, critic_lr=1e-3)
+    template = "USER: {input} ASSISTANT:"
+    ppo.train_ppo(cfg, sft, rm, cm, rows, template, tmp_path / "a", seed=0)
+
+    real_step, calls = ppo.ppo_step, []
+
+    def dies_at_step_4(*args, **kw):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt          # killed after the checkpoint at step 2, inside step 4
+        return real_step(*args, **kw)
+
+    monkeypatch.setattr(ppo, "ppo_step", dies_at_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        ppo.train_ppo(cfg, sft, rm, cm, rows, template, tmp_path / "b", seed=0)
+    assert (tmp_path / "b" / "checkpoint.pt").exists() and not (tmp_path / "b" / "model").exists()
+    monkeypatch.setattr(ppo, "ppo_step", real_step)
+    ppo.train_ppo(cfg, sft, rm, cm, rows, template, tmp_path / "b", seed=0)
+
+    read = lambda d: [json.loads(x) for x in (d / "curves.jsonl").read_text().splitlines()]  # noqa: E731
+    assert read(tmp_path / "a") == read(tmp_path / "b")
+    assert not (tmp_path / "b" / "checkpoint.pt").exists()
+    from transformers import AutoModelForCausalLM
+    wa = AutoModelForCausalLM.from_pretrained(tmp_path / "a" / "model").state_dict()
+    wb = AutoModelForCausalLM.from_pretrained(tmp_path / "b" / "model").state_dict()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
