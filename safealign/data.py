@@ -80,12 +80,19 @@ def load_preferences(source: str, split: str = "train", revision: str | None = N
 PROMPT_FIELDS = ("prompt", "instruction", "input", "question")
 
 
-def load_prompts(source: str, split: str = "test", revision: str | None = None, prefix: str = "p") -> list[dict]:
+def load_prompts(source: str, split: str = "test", revision: str | None = None, prefix: str = "p",
+                 where: dict | None = None) -> list[dict]:
     """Evaluation prompts as [{prompt_id, prompt, category}]. Accepts the red-team file's `prompt`, AlpacaEval's
-    `instruction`, and keeps a given `prompt_id`/`id`; rows without one are numbered in file order."""
+    `instruction`, and keeps a given `prompt_id`/`id`; rows without one are numbered in file order. `where`
+    keeps the rows whose columns equal the given values, e.g. {dataset = "helpful_base"} picks AlpacaEval's
+    129 helpful_base prompts out of its 805."""
     rows = read_rows(source, split, revision)
+    for column, value in (where or {}).items():
+        if rows and column not in rows[0]:
+            raise BenchError(f"prompt set {source} has no column '{column}' to filter on (where.{column})")
+        rows = [r for r in rows if r[column] == value]
     if not rows:
-        raise BenchError(f"prompt set {source} is empty")
+        raise BenchError(f"prompt set {source} is empty" + (f" after filtering on {where}" if where else ""))
     field = next((f for f in PROMPT_FIELDS if f in rows[0]), None)
     if field is None:
         raise BenchError(f"prompt set {source} has no prompt column: name it one of {', '.join(PROMPT_FIELDS)}")

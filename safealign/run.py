@@ -284,6 +284,7 @@ def _write_external(work: Path, data_cfg: dict, eval_cfg: dict) -> None:
         spec = eval_cfg.get(s)
         if not spec:
             raise BenchError(f"benchmark has no eval_prompts.{s}: set it to a prompt file or hub id")
-        splits[f"{s}_eval"] = load_prompts(spec["source"], spec.get("split", "test"), spec.get("revision"), prefix=s)
+        splits[f"{s}_eval"] = load_prompts(spec["source"], spec.get("split", "test"), spec.get("revision"), prefix=s,
+                                           where=spec.get("where"))
     for name in FILES:
         (work / f"{name}.jsonl").write_text("".join(json.dumps(r, default=str) + "\n" for r in splits[name]))

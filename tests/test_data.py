@@ -74,3 +74,14 @@ def test_prompt_sets(tmp_path):
     assert "no prompt column" in one_line_error(load_prompts, bad)
     dup = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "x", "id": 1}, {"prompt": "y", "id": 1}])
     assert "duplicate" in one_line_error(load_prompts, dup)
+
+
+def test_prompt_filter_picks_alpaca_evals_helpful_base(tmp_path):
+    rows = [{"instruction": f"q{i}", "dataset": "helpful_base" if i % 3 == 0 else "koala"} for i in range(9)]
+    (tmp_path / "alpaca_eval.json").write_text(json.dumps(rows))
+    got = load_prompts(str(tmp_path / "alpaca_eval.json"), prefix="helpful", where={"dataset": "helpful_base"})
+    assert [g["prompt"] for g in got] == ["q0", "q3", "q6"] and got[0]["prompt_id"] == "helpful-000"
+    msg = one_line_error(load_prompts, str(tmp_path / "alpaca_eval.json"), "test", None, "p", {"source": "x"})
+    assert "no column 'source'" in msg
+    msg = one_line_error(load_prompts, str(tmp_path / "alpaca_eval.json"), "test", None, "p", {"dataset": "vicuna"})
+    assert "empty after filtering" in msg
