@@ -13,6 +13,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from safealign.stages import read_jsonl, write_jsonl
+
 
 @dataclass
 class GenerationConfig:
@@ -32,24 +34,12 @@ def postprocess(text: str) -> str:
     return _STOP.split(text, maxsplit=1)[0].strip()
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            break           # a line cut by a kill: everything after it is rewritten
-    return rows
-
-
 def generate(model_dir: Path, prompts: list[dict], template: str, cfg: GenerationConfig, out: Path,
              desc: str = "generate") -> list[dict]:
     done = {r["prompt_id"]: r for r in read_jsonl(out)}
     todo = [p for p in prompts if p["prompt_id"] not in done]
     if done:       # rewrite the good lines, dropping a torn last line a kill may have left
-        out.write_text("".join(json.dumps(done[p["prompt_id"]]) + "\n" for p in prompts if p["prompt_id"] in done))
+        write_jsonl(out, [done[p["prompt_id"]] for p in prompts if p["prompt_id"] in done])
     if todo:
         backend = resolve_backend(cfg.backend)
         (_generate_vllm if backend == "vllm" else _generate_hf)(model_dir, todo, template, cfg, out, desc)

@@ -8,7 +8,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from safealign import BenchError
-from safealign.eval.generate import read_jsonl
+from safealign.stages import read_jsonl, write_jsonl
 from safealign.eval.judges import Comparison
 
 ORDERS = ("model_first", "baseline_first")
@@ -37,7 +37,7 @@ def plan(model: str, baseline: str, gens: dict[str, dict[str, list[dict]]], kind
 
 def run_judgments(judge, todo_all: list[dict], out: Path, batch_size: int = 32, desc: str = "judge") -> list[dict]:
     done = {judgment_id(r): r for r in read_jsonl(out)}
-    out.write_text("".join(json.dumps(r) + "\n" for r in done.values()))
+    write_jsonl(out, done.values())
     todo = [r for r in todo_all if judgment_id(r) not in done]
     retry = 0
     with open(out, "a") as f, tqdm(total=len(todo), desc=desc, unit="pair", disable=not todo) as bar:

@@ -28,6 +28,7 @@ import torch
 
 from safealign.methods.rl_math import (clipped_surrogate, clipped_value_loss, combined_advantage, gae,
                                        lagrange_update, rectified, token_rewards)
+from safealign.stages import write_jsonl
 
 
 @dataclass
@@ -214,7 +215,7 @@ def train_ppo(cfg: PPOConfig, sft: Path, reward: Path, cost: Path, rows: list[di
     m.actor.save_pretrained(work / "model")
     m.tok.padding_side = "right"
     m.tok.save_pretrained(work / "model")
-    (work / "curves.jsonl").write_text("".join(json.dumps(c) + "\n" for c in curves))
+    write_jsonl(work / "curves.jsonl", curves)
     (work / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     plot_curves(curves, work / "curves.png", cfg.algorithm)
     ckpt.unlink(missing_ok=True)
@@ -243,7 +244,6 @@ def rl_method(run, name: str, params: dict) -> list:
     from safealign.methods.score_model import ScoreModelConfig, train_score_model
     from safealign.methods.training import from_dict
     cfg = from_dict(PPOConfig, run.method_settings(name, params), f"methods.{name}")
-    train, test = run.rows("train"), run.rows("test")
     max_len = int(run.config.get("train", {}).get("max_length", 512))
     scores = {}
     for kind, epochs in (("reward", cfg.reward_model_epochs), ("cost", cfg.cost_model_epochs)):
@@ -251,12 +251,13 @@ def rl_method(run, name: str, params: dict) -> list:
         scores[kind] = run.store.run(
             "score-model", {"score": asdict(sm), "seed": run.seed, "limit": run.limit, "template": run.template},
             {"sft": run.reference, "data": run.data_stage},
-            lambda w, sm=sm: train_score_model(sm, run.reference.model, train, test, run.template, w, run.seed),
+            lambda w, sm=sm: train_score_model(sm, run.reference.model, run.rows("train"), run.rows("test"),
+                                               run.template, w, run.seed),
             label=f"{kind} model")
         run.log(f"{kind} model held-out: {json.loads((scores[kind] / 'metrics.json').read_text())}")
     stage = run.store.run("rl", {"ppo": asdict(cfg), "seed": run.seed, "limit": run.limit, "template": run.template},
                           {"sft": run.reference, "reward": scores["reward"], "cost": scores["cost"],
                            "data": run.data_stage},
                           lambda w: train_ppo(cfg, run.reference.model, scores["reward"].model, scores["cost"].model,
-                                              train, run.template, w, run.seed), label=name)
+                                              run.rows("train"), run.template, w, run.seed), label=name)
     return [(name, stage)]

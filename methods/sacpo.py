@@ -12,14 +12,17 @@ from __future__ import annotations
 SWEEP_KEYS = ("first", "ratios")
 
 
+def step2_configs(run, name: str, settings: dict) -> list:
+    """(beta/lambda, step-2 config) for each point of the sweep; every key but first/ratios is a step-2 setting."""
+    rest = {k: v for k, v in settings.items() if k not in SWEEP_KEYS}
+    return [(float(r), run.step_config(name, {**rest, "beta": float(r)}, defaults=False)) for r in settings["ratios"]]
+
+
 def stepwise(run, name: str, params: dict) -> list:
     settings = run.method_settings(name, params)
-    first = settings["first"]
-    step1 = run.model_of(first)
+    step1 = run.model_of(settings["first"])
     out = []
-    for ratio in settings["ratios"]:
-        step2_params = {k: v for k, v in settings.items() if k not in SWEEP_KEYS}
-        cfg = run.step_config(name, {**step2_params, "beta": float(ratio)}, defaults=False)
+    for ratio, cfg in step2_configs(run, name, settings):
         label = f"{name}@{float(ratio):g}"
         # Theorem 1: step 2 starts from the step-1 model AND keeps it, frozen, as its reference.
         out.append((label, run.align(label, cfg, policy=step1, reference=step1)))

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from safealign import BenchError
@@ -57,7 +57,3 @@ def train_and_save(trainer, tokenizer, work: Path) -> None:
     tokenizer.save_pretrained(str(work / "model"))
     (work / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
     shutil.rmtree(ckpt_dir, ignore_errors=True)
-
-
-def config_record(cfg) -> dict:
-    return asdict(cfg)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from safealign.eval.judges import oracle_metrics
 from safealign.eval.winrate import win_rate
-from safealign.stages import write_atomic
+from safealign.stages import write_atomic, write_jsonl
 
 KIND_COLUMNS = {"helpfulness": "helpfulness_win_rate", "harmlessness": "harmlessness_win_rate"}
 
@@ -83,10 +83,10 @@ def write_outputs(out: Path, summary, gens: dict, judgments: dict, log, seed: in
     write_atomic(out / "summary.csv", summary.to_csv(index=False))
     for label, sets in gens.items():
         for s, rows in sets.items():
-            write_atomic(out / "generations" / f"{label}.{s}.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+            write_jsonl(out / "generations" / f"{label}.{s}.jsonl", rows)
     for (model, base), rows in judgments.items():
         name = model if base == "sft" else f"{model}_vs_{base}"
-        write_atomic(out / "judgments" / f"{name}.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+        write_jsonl(out / "judgments" / f"{name}.jsonl", rows)
     ratings = ratings_table(judgments, seed)
     if ratings is not None:
         write_atomic(out / "elo.csv", ratings.to_csv(index=False))

@@ -13,7 +13,7 @@ from pathlib import Path
 from safealign import BenchError
 from safealign.config import apply_overrides, load_benchmark
 from safealign.registry import METHODS
-from safealign.stages import RunLog, Stage, Store, digest, write_atomic
+from safealign.stages import RunLog, Stage, Store, digest, read_jsonl, write_atomic, write_jsonl
 
 PROMPT_SETS = {"helpful": "helpfulness", "redteam": "harmlessness"}   # prompt set -> the judging kind it serves
 FILES = ("train", "test", "helpful_eval", "redteam_eval")
@@ -100,9 +100,8 @@ class Run:
                 raise BenchError(f"[methods.{name}] first = '{settings['first']}' must be a one-step method "
                                  "(dpo-h, kto-h, dpo-s)")
             self._validate_method(settings["first"])
-            rest = {k: v for k, v in settings.items() if k not in ("first", "ratios")}
-            for ratio in settings["ratios"]:
-                self.step_config(name, {**rest, "beta": float(ratio)}, defaults=False)
+            from safealign.methods.sacpo import step2_configs
+            step2_configs(self, name, settings)
         elif kind.endswith(":rl_method"):
             from safealign.methods.ppo import PPOConfig
             from safealign.methods.training import from_dict
@@ -146,12 +145,11 @@ class Run:
         data_cfg = self.config["data"]
         if data_cfg.get("source", "world") == "world":
             world_cfg = self.config.get("world", {})
-            return self.store.run("world", {"world": world_cfg, "version": 1}, {}, lambda w: _write_world(w, world_cfg))
+            return self.store.run("world", {"world": world_cfg}, {}, lambda w: _write_world(w, world_cfg))
         return self.store.run("data", {"data": data_cfg, "eval": self.config.get("eval_prompts", {})}, {},
                               lambda w: _write_external(w, data_cfg, self.config.get("eval_prompts", {})))
 
     def rows(self, name: str) -> list[dict]:
-        from safealign.eval.generate import read_jsonl
         rows = read_jsonl(self.data_stage / f"{name}.jsonl")
         return rows[: self.limit] if self.limit else rows
 
@@ -163,10 +161,10 @@ class Run:
         if not pol.get("sft", False):
             return base
         cfg = TrainConfig.from_dict(self.config.get("sft", {}), "sft")
-        train = self.rows("train")
         return self.store.run("sft", {"train": asdict(cfg), "seed": self.seed, "limit": self.limit,
                                       "template": self.template}, {"base": base, "data": self.data_stage},
-                              lambda w: train_sft(cfg, base.model, train, self.template, w, self.seed), label="sft")
+                              lambda w: train_sft(cfg, base.model, self.rows("train"), self.template, w, self.seed),
+                              label="sft")
 
     def _base_policy(self, pol: dict) -> Stage:
         from safealign import models
@@ -190,12 +188,11 @@ class Run:
 
     def align(self, label: str, cfg, policy: Stage, reference: Stage) -> Stage:
         from safealign.methods.preference import train_step
-        train = self.rows("train")
         return self.store.run("align", {"step": asdict(cfg), "seed": self.seed, "limit": self.limit,
                                         "template": self.template},
                               {"policy": policy, "reference": reference, "data": self.data_stage},
-                              lambda w: train_step(cfg, policy.model, reference.model, train, self.template, w,
-                                                   self.seed), label=label)
+                              lambda w: train_step(cfg, policy.model, reference.model, self.rows("train"),
+                                                   self.template, w, self.seed), label=label)
 
     def generate(self, label: str, model: Stage, prompt_set: str) -> Stage:
         from safealign.eval.generate import GenerationConfig, generate, resolve_backend
@@ -210,7 +207,6 @@ class Run:
 
     def judge(self, model: str, baseline: str, gens: dict, gen_stages: dict) -> list[dict]:
         """Pairwise judgments of `model` against `baseline` on both prompt sets, both orders, every round."""
-        from safealign.eval.generate import read_jsonl
         from safealign.eval.judging import plan, run_judgments
         todo = plan(model, baseline, gens, PROMPT_SETS_BY_KIND, self.repetitions)
         inputs = {f"{who}/{s}": st for (who, s), st in gen_stages.items() if who in (model, baseline)}
@@ -230,7 +226,6 @@ class Run:
 
     # -- the whole run -------------------------------------------------------------------------------------
     def execute(self):
-        from safealign.eval.generate import read_jsonl
         from safealign.report import copy_training_logs, summarize, write_outputs
         self.log(f"run {self.config['name']}: methods {','.join(self.methods)} -> {self.out}")
         write_atomic(self.out / "config.json", json.dumps({"benchmark": self.config, "methods": self.methods,
@@ -271,7 +266,7 @@ def _write_world(work: Path, cfg: dict) -> None:
     from safealign import world
     splits = world.build(**cfg)
     for name in FILES:
-        (work / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in splits[name]))
+        write_jsonl(work / f"{name}.jsonl", splits[name])
 
 
 def _write_external(work: Path, data_cfg: dict, eval_cfg: dict) -> None:
@@ -287,4 +282,4 @@ def _write_external(work: Path, data_cfg: dict, eval_cfg: dict) -> None:
         splits[f"{s}_eval"] = load_prompts(spec["source"], spec.get("split", "test"), spec.get("revision"), prefix=s,
                                            where=spec.get("where"))
     for name in FILES:
-        (work / f"{name}.jsonl").write_text("".join(json.dumps(r, default=str) + "\n" for r in splits[name]))
+        write_jsonl(work / f"{name}.jsonl", splits[name])

@@ -37,6 +37,24 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def write_jsonl(path: Path, rows) -> None:
+    """A whole JSONL file, one row per line, written atomically."""
+    write_atomic(path, "".join(json.dumps(r, default=str) + "\n" for r in rows))
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """The rows of a JSONL file ([] when it does not exist), up to a line torn by a kill."""
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break           # a line cut by a kill: everything after it is rewritten
+    return rows
+
+
 class RunLog:
     """Appends one line per event to <out>/run.log and echoes it, so a user and a test can read it."""
 
