@@ -162,6 +162,31 @@ def plot_figure3(ratings, folder: Path) -> list[Path]:
     return _save(fig, folder, "figure3")
 
 
+def plot_exact(points, fronts, folder: Path) -> list[Path]:
+    """The exact benchmark: each closed-form front (expected r against expected g as lambda runs) and, for every
+    model, its target (hollow) joined to where it landed (filled; the mean over seeds)."""
+    plt = _plt()
+    families = list(dict.fromkeys(fronts["family"])) or ["closed-form front"]
+    fig, axes = plt.subplots(1, len(families), figsize=(6.5 * len(families), 5.2), squeeze=False)
+    means = points.groupby("method", sort=False).mean(numeric_only=True).reset_index()
+    first_front = {m: f for m, f in zip(points["method"], points.get("front", [""] * len(points)))}
+    for ax, family in zip(axes[0], families):
+        curve = fronts[fronts["family"] == family]
+        ax.plot(curve["g"], curve["r"], color="0.4", lw=1.5, label=family)
+        mine = means[[first_front.get(m, "") in (family, "") or len(families) == 1 for m in means["method"]]]
+        for i, row in enumerate(mine.itertuples()):
+            color = f"C{i % 10}"
+            ax.plot([row.target_g, row.exact_g], [row.target_r, row.exact_r], color=color, lw=0.8, alpha=0.6)
+            ax.scatter([row.target_g], [row.target_r], facecolors="none", edgecolors=color, s=45)
+            ax.scatter([row.exact_g], [row.exact_r], color=color, s=30, label=row.method)
+        ax.set_xlabel("expected safety g")
+        ax.set_ylabel("expected helpfulness r")
+        ax.set_title(f"{family}\nhollow: target; filled: trained (mean over seeds)", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+    return _save(fig, folder, "exact_front")
+
+
 def draw_all(folder: Path, paper: bool = False, per_seed: bool = False) -> list[Path]:
     """Every figure the results folder has data for."""
     import pandas as pd
@@ -172,4 +197,7 @@ def draw_all(folder: Path, paper: bool = False, per_seed: bool = False) -> list[
     figs = plot_tradeoff(summary, folder / "figures") + plot_figure2(summary, folder / "figures", paper, seeds)
     if (folder / "elo.csv").exists():
         figs += plot_figure3(pd.read_csv(folder / "elo.csv"), folder / "figures")
+    if (folder / "exact.csv").exists():
+        figs += plot_exact(pd.read_csv(folder / "exact.csv"), pd.read_csv(folder / "exact_front.csv"),
+                           folder / "figures")
     return figs

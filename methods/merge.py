@@ -50,3 +50,13 @@ def merge(run, name: str, params: dict) -> list:
                                          lambda w, q=float(q): merge_checkpoints(a.model, b.model, q, w / "model"),
                                          label=label)))
     return out
+
+
+def merge_target(run, name: str, params: dict) -> list:
+    """Where a merge would land if the policies were logit-linear in their weights: (1 - q) log pi_a + q log pi_b,
+    a geometric mixture, which is pi_ref exp(a r + b g) with the coefficients mixed (P-SACPO §6's argument)."""
+    settings = run.method_settings(name, params)
+    (_, ta), = run.targets_of(settings["a"])
+    (_, tb), = run.targets_of(settings["b"])
+    return [(f"{name}@{float(q):g}", {"a": (1 - q) * ta["a"] + q * tb["a"], "b": (1 - q) * ta["b"] + q * tb["b"],
+                                       "loss": "merge", "front": ta.get("front")}) for q in map(float, settings["weights"])]

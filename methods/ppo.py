@@ -294,11 +294,10 @@ def plot_curves(curves: list[dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def rl_method(run, name: str, params: dict) -> list:
-    """`saferlhf` / `repo`: reward model, cost model (stages shared by both), then PPO from the SFT model."""
+def score_models(run, cfg: PPOConfig) -> dict:
+    """{"reward": stage, "cost": stage}: the score models trained from pi_ref on the preference data; stages shared by
+    every method with the same score-model settings (saferlhf, repo, mocan)."""
     from safealign.methods.score_model import ScoreModelConfig, train_score_model
-    from safealign.methods.training import from_dict
-    cfg = from_dict(PPOConfig, run.method_settings(name, params), f"methods.{name}")
     max_len = int(run.config.get("train", {}).get("max_length", 512))
     scores = {}
     for kind, epochs in (("reward", cfg.reward_model_epochs), ("cost", cfg.cost_model_epochs)):
@@ -315,9 +314,36 @@ def rl_method(run, name: str, params: dict) -> list:
         if kind == "cost":
             run.log(f"cost model: dropped {metrics['dropped_train_pairs']} train and {metrics['dropped_test_pairs']} "
                     "test pairs whose safer_response_id contradicts is_response_*_safe")
+    return scores
+
+
+def rl_method(run, name: str, params: dict) -> list:
+    """`saferlhf` / `repo`: reward model, cost model (stages shared by both), then PPO from the SFT model."""
+    from safealign.methods.training import from_dict
+    cfg = from_dict(PPOConfig, run.method_settings(name, params), f"methods.{name}")
+    scores = score_models(run, cfg)
     stage = run.store.run("rl", {"ppo": asdict(cfg), "seed": run.seed, "limit": run.limit, "template": run.template},
                           {"sft": run.reference, "reward": scores["reward"], "cost": scores["cost"],
                            "data": run.data_stage},
                           lambda w: train_ppo(cfg, run.reference.model, scores["reward"].model, scores["cost"].model,
                                               run.rows("train"), run.template, w, run.seed), label=name)
     return [(name, stage)]
+
+
+def rl_target(run, name: str, params: dict) -> list:
+    """The optimum PPO-Lagrangian aims at on the exact benchmark: its actor maximises (r - lambda c)/(1 + lambda)
+    - kl_coeff KL (REFERENCE §5), whose fixed point is the lambda where E[c] = threshold. RePO's is the per-prompt
+    version, each prompt meeting the threshold on its own (its rectified constraint, REFERENCE §6)."""
+    import numpy as np
+
+    from safealign.exact import LAMBDA_CAP, solve_lambda
+    from safealign.methods.training import from_dict
+    cfg = from_dict(PPOConfig, run.method_settings(name, params), f"methods.{name}")
+    logp_ref, r, g = run.exact_arrays()
+    per_prompt = cfg.algorithm == "repo"
+    lam = solve_lambda(logp_ref, r, g, cfg.kl_coeff, -cfg.threshold, normalised=True, per_prompt=per_prompt)
+    plain = solve_lambda(logp_ref, r, g, cfg.kl_coeff, -cfg.threshold, per_prompt=per_prompt)
+    capped = np.minimum(lam, LAMBDA_CAP)        # an unattainable threshold: the safest policy of the family
+    scale = cfg.kl_coeff * (1.0 + capped)
+    return [(name, {"a": 1.0 / scale, "b": capped / scale, "loss": cfg.algorithm, "lambda_target": lam,
+                    "lambda_star": plain, "front": (cfg.kl_coeff, True)})]

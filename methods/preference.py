@@ -126,3 +126,12 @@ def one_step(run, name: str, params: dict) -> list:
     """A one-step method (DPO(H), KTO(H), DPO(S)): a single step from pi_ref with pi_ref as reference."""
     cfg = run.step_config(name, params)
     return [(name, run.align(name, cfg, policy=run.reference, reference=run.reference))]
+
+
+def one_step_target(run, name: str, params: dict) -> list:
+    """The optimum a one-step method aims at on the exact benchmark: pi_ref exp(r/beta) for a helpfulness step,
+    pi_ref exp(g/beta) for a safety step (DPO §4; KTO is measured against the same point, not its own optimum)."""
+    cfg = run.step_config(name, params)
+    a, b = (1.0 / cfg.beta, 0.0) if cfg.target == "helpfulness" else (0.0, 1.0 / cfg.beta)
+    front = (cfg.beta, False) if cfg.target == "helpfulness" else None     # the front its later steps move along
+    return [(name, {"a": a, "b": b, "loss": cfg.loss, "front": front})]

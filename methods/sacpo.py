@@ -27,3 +27,16 @@ def stepwise(run, name: str, params: dict) -> list:
         # Theorem 1: step 2 starts from the step-1 model AND keeps it, frozen, as its reference.
         out.append((label, run.align(label, cfg, policy=step1, reference=step1)))
     return out
+
+
+def stepwise_target(run, name: str, params: dict) -> list:
+    """Theorem 1 on the exact benchmark: step 2 multiplies the step-1 optimum by exp(score / (beta/lambda)), so
+    the coefficients add: DPO(H) at beta then DPO(S) at beta/lambda is pi_ref exp((r + lambda g)/beta)."""
+    settings = run.method_settings(name, params)
+    (_, first), = run.targets_of(settings["first"])
+    out = []
+    for ratio, cfg in step2_configs(run, name, settings):
+        key = "a" if cfg.target == "helpfulness" else "b"
+        loss = first["loss"] if first["loss"] == cfg.loss else f"{first['loss']}+{cfg.loss}"
+        out.append((f"{name}@{float(ratio):g}", {**first, key: first[key] + 1.0 / cfg.beta, "loss": loss}))
+    return out

@@ -41,6 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("folder", type=Path)
     cmp_.add_argument("a", help="a method label of the run, e.g. sacpo@0.025")
     cmp_.add_argument("b", help="another, e.g. saferlhf")
+    cv = sub.add_parser("exact-curve", help="exact benchmark: a method's distance to its optimum as the data grows")
+    cv.add_argument("--sizes", default="16,64,256", help="preference pairs per prompt, e.g. 16,64,256")
+    cv.add_argument("--seeds", default="0,1,2", help="training seeds at each size")
+    cv.add_argument("--method", default="dpo-h")
+    cv.add_argument("--out", type=Path, default=Path("results/exact-curve"))
+    cv.add_argument("--cache", type=Path, help="stage cache (default $SAFEALIGN_CACHE or results/cache)")
+    cv.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.commands = sub.choices
     return p
 
@@ -86,6 +93,23 @@ def cmd_compare(args) -> None:
     print(compare_folder(args.folder, args.a, args.b))
 
 
+def cmd_exact_curve(args) -> None:
+    import pandas as pd
+
+    from safealign.exact_eval import convergence
+    from safealign.run import resolve_seeds
+    try:
+        sizes = [int(x) for x in args.sizes.split(",") if x.strip()]
+    except ValueError:
+        raise BenchError(f"--sizes '{args.sizes}': give whole numbers joined by commas, e.g. 16,64,256") from None
+    rows = pd.DataFrame(convergence(sizes, resolve_seeds(args.seeds), args.out, args.cache, args.method,
+                                    args.overrides))
+    table = rows.groupby("pairs_per_prompt")[["exact_kl", "exact_tv", "implicit_corr"]].agg(["mean", "std"])
+    print(f"{args.method} on exact, mean and std over {rows['seed'].nunique()} seeds:")
+    print(table.to_string(float_format=lambda v: f"{v:.3f}"))
+    print(f"-> {args.out / 'convergence.csv'}, {args.out / 'convergence.png'}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -93,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.commands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         {"run": cmd_run, "list": cmd_list, "report": cmd_report, "plot": cmd_plot,
-         "compare": cmd_compare}[args.command](args)
+         "compare": cmd_compare, "exact-curve": cmd_exact_curve}[args.command](args)
     except BenchError as e:
         print(f"bench: error: {e}", file=sys.stderr)
         return 2

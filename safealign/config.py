@@ -65,7 +65,7 @@ def apply_overrides(config: dict, pairs: list[str]) -> dict:
 # -- typed sections: every key of a benchmark file is checked before any stage runs -------------------------
 @dataclass
 class DataConfig:
-    source: str = "world"          # "world" (the tiny world), a hub id, or a local .jsonl/.json/.parquet/.csv file
+    source: str = "world"          # "world" (the tiny world), "exact" (the exact world), a hub id, or a local .jsonl/.json/.parquet/.csv file
     revision: str = ""             # pin a hub commit for an exact reproduction
     train_split: str = "train"
     test_split: str = "test"
@@ -78,6 +78,18 @@ class WorldConfig:                 # the tiny world's generator (safealign/world
     eval_per_topic: int = 3
     test_share: float = 0.1
     temperature: float = 0.5
+
+
+@dataclass
+class ExactConfig:                 # the exact world's generator (safealign/exact.py `build`)
+    seed: int = 0
+    prompts: int = 16
+    candidates: int = 4            # answers per prompt, one word each (at most 8)
+    pairs_per_prompt: int = 64     # training pairs per prompt
+    test_pairs_per_prompt: int = 8
+    scale: float = 2.0             # standard deviation of r and g (Bradley-Terry units)
+    correlation: float = -0.5      # of r and g: negative, so the helpful answers are the less safe ones
+    behaviour_scale: float = 1.0   # spread of the logits of the policy that wrote the data (pi_ref learns it)
 
 
 @dataclass
@@ -105,6 +117,7 @@ class TinyPolicyConfig:            # the tiny Llama; head_dim = hidden_size / he
     layers: int = 2
     intermediate_size: int = 384
     max_positions: int = 256
+    tokenizer: str = "bpe"         # "bpe" (byte-level, trained on the data) | "word" (one token per word: exact)
 
 
 @dataclass
@@ -125,7 +138,7 @@ class DiagnosticsConfig:           # RePO's per-prompt view of the constraint, f
 
 
 TOP_LEVEL = {"name": str, "version": int, "description": str, "prompt_template": str, "seed": int, "seeds": list}
-SECTIONS = {"data": DataConfig, "world": WorldConfig, "policy": PolicyConfig, "judge": JudgeConfig,
+SECTIONS = {"data": DataConfig, "world": WorldConfig, "exact": ExactConfig, "policy": PolicyConfig, "judge": JudgeConfig,
             "diagnostics": DiagnosticsConfig,
             "eval_prompts": dict, "sft": dict, "train": dict, "methods": dict, "generation": dict}
 

@@ -14,14 +14,25 @@ def device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def build_tokenizer(texts: list[str], vocab_size: int, out: Path):
-    """A byte-level BPE trained on the world's own text, so words are mostly single tokens."""
-    from tokenizers import ByteLevelBPETokenizer
+def build_tokenizer(texts: list[str], vocab_size: int, out: Path, kind: str = "bpe"):
+    """A byte-level BPE trained on the world's own text, so words are mostly single tokens; or ("word") one token
+    per whitespace/punctuation-separated word, so an exact-benchmark answer is exactly one token before </s>."""
+    from tokenizers import ByteLevelBPETokenizer, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
-    bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=2, special_tokens=list(SPECIAL.values()),
-                            show_progress=False)
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, **SPECIAL)
+    if kind == "word":
+        inner = Tokenizer(models.WordLevel(unk_token=SPECIAL["unk_token"]))
+        inner.pre_tokenizer = pre_tokenizers.Whitespace()
+        inner.decoder = decoders.WordPiece(prefix="##")        # joins words with single spaces
+        inner.train_from_iterator(texts, trainers.WordLevelTrainer(vocab_size=vocab_size, show_progress=False,
+                                                                    special_tokens=list(SPECIAL.values())))
+    elif kind == "bpe":
+        bpe = ByteLevelBPETokenizer()
+        bpe.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=2, special_tokens=list(SPECIAL.values()),
+                                show_progress=False)
+        inner = bpe._tokenizer
+    else:
+        raise BenchError(f"policy.tiny.tokenizer = '{kind}': choose 'bpe' or 'word'")
+    tok = PreTrainedTokenizerFast(tokenizer_object=inner, **SPECIAL)
     tok.save_pretrained(out)
     return tok
 

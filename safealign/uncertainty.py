@@ -54,7 +54,15 @@ def method_row(label: str, gens: dict, judgments: dict, oracle: bool, failed_as_
     if oracle:
         for name, table in oracle_tables(gens[label]).items():
             row.update(interval_columns(name, table, rng))
+    row.update(interval_columns("over_refusal", refusal_table(gens[label]["helpful"]), rng))
     return row
+
+
+def refusal_table(helpful: list[dict]):
+    """(seeds x prompts) table of whether a benign prompt's answer is a refusal (eval/refusal.py)."""
+    from safealign.eval.refusal import is_refusal
+    return unit_table([{"seed": g.get("seed", 0), "prompt_id": g["prompt_id"], "v": float(is_refusal(g["response"]))}
+                       for g in helpful], value="v")[0]
 
 
 def constraint_columns(costs: list[dict], threshold: float, rng) -> dict:

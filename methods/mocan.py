@@ -1,0 +1,120 @@
+"""MoCAN (model-based constrained alignment via dualization, REFERENCE §7): the multiplier is solved once, offline,
+from the dual of max E[r] - beta KL s.t. E[g] >= b, using answers sampled from pi_ref and scored by the reward and
+cost models (g = -cost); then one DPO run from pi_ref on pseudo-preferences ranked by r + lambda* g.
+
+The dual min_{lambda >= 0} E_x[beta log E_{y~pi_ref} exp((r + lambda (g - b))/beta)] is solved by bisection on its
+derivative (safealign/exact.py `solve_lambda`). Pseudo-labels are drawn Bradley-Terry, P(y0 wins) =
+sigmoid(s0 - s1) with s = r + lambda* g, not taken as the argmax: the score models are Bradley-Terry fits, so
+these are the preferences a labeller with utility r + lambda* g would give, and DPO's optimum is then
+pi_ref exp((r + lambda* g)/beta). On the exact benchmark the oracle's r and g and pi_ref's exact distribution
+over the candidates replace the score models and the samples.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from safealign.methods.preference import StepConfig
+
+
+@dataclass
+class MoCANConfig(StepConfig):
+    threshold: float = 0.0          # the cost bound d: E[cost] <= d, i.e. E[g] >= b = -d
+    samples: int = 4                # answers sampled from pi_ref per training prompt for the dual
+    temperature: float = 1.0
+    score_models: str = "saferlhf"  # the RL method whose reward and cost models (and their stages) are used
+
+
+def config(run, name: str, params: dict) -> MoCANConfig:
+    merged = {**run.config.get("train", {}), **run.method_settings(name, params)}
+    return MoCANConfig.from_dict(merged, f"methods.{name}")
+
+
+def pseudo_labels(rows: list[dict], s0: np.ndarray, s1: np.ndarray, seed: int) -> list[dict]:
+    """Rows with better_response_id drawn as P(0 wins) = sigmoid(s0 - s1)."""
+    rng = np.random.default_rng(seed)
+    p0 = 1.0 / (1.0 + np.exp(-(np.asarray(s0) - np.asarray(s1))))
+    return [{**row, "better_response_id": int(u >= p) } for row, p, u in zip(rows, p0, rng.random(len(rows)))]
+
+
+def _oracle(run, rows: list[dict]):
+    """Exact benchmark: r and g of every training answer from the table, and the dual over pi_ref exactly."""
+    from safealign import exact
+    t = run.exact_table()
+    logp_ref, r, g = run.exact_arrays()
+
+    def score(side: str) -> tuple[np.ndarray, np.ndarray]:
+        idx = [exact.lookup(t, row["prompt"], row[side]) for row in rows]
+        return np.array([r[i] for i in idx]), np.array([g[i] for i in idx])
+    return logp_ref, r, g, score
+
+
+def _score_models(run, cfg: MoCANConfig, rows: list[dict]):
+    """Other benchmarks: `samples` answers per training prompt from pi_ref, scored by the score models."""
+    from safealign.eval.judges import ScoreModelJudge
+    from safealign.methods.ppo import PPOConfig, score_models
+    from safealign.methods.training import from_dict
+    from safealign.stages import read_jsonl
+    stages = score_models(run, from_dict(PPOConfig, run.method_settings(cfg.score_models, {}),
+                                         f"methods.{cfg.score_models}"))
+    judge = ScoreModelJudge(str(stages["reward"].model), str(stages["cost"].model), run.template)
+    prompts = list(dict.fromkeys(row["prompt"] for row in rows))
+    sampled = read_jsonl(run.generate("sft", run.reference, "train", cfg.samples, temperature=cfg.temperature,
+                                      prompts=[{"prompt_id": f"t{i:05d}", "prompt": p, "category": ""}
+                                               for i, p in enumerate(prompts)]) / "generations.jsonl")
+    sampled.sort(key=lambda s: (s["prompt_id"].rsplit("#", 1)[0], s.get("sample", 0)))
+    r = np.array(judge.scores("helpfulness", [s["prompt"] for s in sampled], [s["response"] for s in sampled]))
+    g = -np.array(judge.scores("harmlessness", [s["prompt"] for s in sampled], [s["response"] for s in sampled]))
+    shape = (len(prompts), cfg.samples)
+    logw = np.full(shape, -np.log(cfg.samples))          # the empirical pi_ref: each sample weighs 1/n
+
+    def score(side: str) -> tuple[np.ndarray, np.ndarray]:
+        texts = [row[side] for row in rows]
+        ps = [row["prompt"] for row in rows]
+        return np.array(judge.scores("helpfulness", ps, texts)), -np.array(judge.scores("harmlessness", ps, texts))
+    return logw, r.reshape(shape), g.reshape(shape), score
+
+
+def solve_dual(run, cfg: MoCANConfig, rows: list[dict], work) -> None:
+    """Write dual.json (lambda*, pi_ref's E[g] and the bound) and relabelled.jsonl (the pseudo-preferences)."""
+    from safealign.exact import expected, solve_lambda
+    from safealign.stages import write_atomic, write_jsonl
+    logw, r, g, score = _oracle(run, rows) if run.is_exact else _score_models(run, cfg, rows)
+    lam = solve_lambda(logw, r, g, cfg.beta, -cfg.threshold)
+    (r0, g0), (r1, g1) = score("response_0"), score("response_1")
+    write_jsonl(work / "relabelled.jsonl", pseudo_labels(rows, r0 + lam * g0, r1 + lam * g1, run.seed))
+    write_atomic(work / "dual.json", json.dumps({"lambda": lam, "bound_g": -cfg.threshold, "beta": cfg.beta,
+                                                 "ref_expected_g": float(expected(logw, g).mean())}, indent=2))
+
+
+def mocan(run, name: str, params: dict) -> list:
+    from safealign.methods.preference import train_step
+    from safealign.stages import read_jsonl
+    cfg = config(run, name, params)
+    dual = run.store.run("mocan-dual", {"mocan": asdict(cfg), "seed": run.seed, "limit": run.limit,
+                                        "template": run.template},
+                         {"reference": run.reference, "data": run.data_stage},
+                         lambda w: solve_dual(run, cfg, run.rows("train"), w), label=f"{name} dual")
+    lam = json.loads((dual / "dual.json").read_text())["lambda"]
+    run.log(f"{name}: lambda* = {lam:.4g} from the dual")
+    step = StepConfig(**{k: v for k, v in asdict(cfg).items() if k in StepConfig.__dataclass_fields__})
+    step.target = "helpfulness"                     # the pseudo-label sits in better_response_id
+    stage = run.store.run("align", {"step": asdict(step), "seed": run.seed, "limit": run.limit,
+                                    "template": run.template},
+                          {"policy": run.reference, "reference": run.reference, "dual": dual},
+                          lambda w: train_step(step, run.reference.model, run.reference.model,
+                                               read_jsonl(dual / "relabelled.jsonl"), run.template, w, run.seed),
+                          label=name)
+    return [(name, stage)]
+
+
+def mocan_target(run, name: str, params: dict) -> list:
+    """pi_ref exp((r + lambda* g)/beta) with lambda* from the exact dual."""
+    from safealign.exact import solve_lambda
+    cfg = config(run, name, params)
+    logp_ref, r, g = run.exact_arrays()
+    lam = solve_lambda(logp_ref, r, g, cfg.beta, -cfg.threshold)
+    return [(name, {"a": 1.0 / cfg.beta, "b": lam / cfg.beta, "loss": "dpo", "lambda_target": lam,
+                    "front": (cfg.beta, False)})]
