@@ -162,28 +162,44 @@ def plot_figure3(ratings, folder: Path) -> list[Path]:
     return _save(fig, folder, "figure3")
 
 
+EXACT_PANELS = {"one step": ("sft", "dpo-h", "kto-h", "dpo-s"), "merges": ("psacpo", "naive-merge"),
+                "RL and dual": ("saferlhf", "repo", "mocan")}       # every other family (a sweep) gets its own
+
+
 def plot_exact(points, fronts, folder: Path) -> list[Path]:
-    """The exact benchmark: each closed-form front (expected r against expected g as lambda runs) and, for every
-    model, its target (hollow) joined to where it landed (filled; the mean over seeds)."""
+    """The exact benchmark: the closed-form fronts (expected r against expected g as lambda runs; the
+    KL-regularised one solid, Safe RLHF's normalised one dashed) and, for every model, its target (hollow)
+    joined to where it landed (filled; the mean over seeds), one panel per family of methods."""
     plt = _plt()
-    families = list(dict.fromkeys(fronts["family"])) or ["closed-form front"]
-    fig, axes = plt.subplots(1, len(families), figsize=(6.5 * len(families), 5.2), squeeze=False)
     means = points.groupby("method", sort=False).mean(numeric_only=True).reset_index()
-    first_front = {m: f for m, f in zip(points["method"], points.get("front", [""] * len(points)))}
-    for ax, family in zip(axes[0], families):
-        curve = fronts[fronts["family"] == family]
-        ax.plot(curve["g"], curve["r"], color="0.4", lw=1.5, label=family)
-        mine = means[[first_front.get(m, "") in (family, "") or len(families) == 1 for m in means["method"]]]
-        for i, row in enumerate(mine.itertuples()):
+    panels: dict = {}
+    for method in means["method"]:
+        family = split(method)[0]
+        name = next((p for p, members in EXACT_PANELS.items() if family in members), family)
+        panels.setdefault(name, []).append(method)
+    cols = min(3, len(panels))
+    rows_n = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows_n, cols, figsize=(5.2 * cols, 4.4 * rows_n), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    for ax, (name, methods) in zip(axes.flat, panels.items()):
+        for j, family in enumerate(dict.fromkeys(fronts["family"])):
+            curve = fronts[fronts["family"] == family]
+            ax.plot(curve["g"], curve["r"], color="0.45", lw=1.2, ls="--" if "PPO" in family else "-", label=family)
+        for i, row in enumerate(means[means["method"].isin(methods)].itertuples()):
             color = f"C{i % 10}"
             ax.plot([row.target_g, row.exact_g], [row.target_r, row.exact_r], color=color, lw=0.8, alpha=0.6)
             ax.scatter([row.target_g], [row.target_r], facecolors="none", edgecolors=color, s=45)
             ax.scatter([row.exact_g], [row.exact_r], color=color, s=30, label=row.method)
         ax.set_xlabel("expected safety g")
         ax.set_ylabel("expected helpfulness r")
-        ax.set_title(f"{family}\nhollow: target; filled: trained (mean over seeds)", fontsize=9)
+        ax.set_title(name, fontsize=10)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="best")
+        ax.legend(fontsize=6.5, loc="best")
+    seeds = points["seed"].nunique()
+    fig.suptitle(f"exact benchmark: hollow = the optimum a method targets, filled = where it landed "
+                 f"(mean over {seeds} seed{'s' if seeds > 1 else ''})", fontsize=11)
+    fig.tight_layout()
     return _save(fig, folder, "exact_front")
 
 

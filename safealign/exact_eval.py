@@ -37,6 +37,33 @@ def final_lambda(stage: Path) -> float:
     return float(json.loads(lines[-1])["lambda"]) if lines else float("nan")
 
 
+def score_model_fit(stage: Path, t: dict, template: str) -> dict:
+    """For an RL stage: how the learned reward and cost models read the true r and c = -g on every candidate
+    (slope and correlation of a least-squares line; the cost also its offset, since Safe RLHF's threshold is in
+    the cost model's units). {} for a stage without score models."""
+    import json
+
+    from safealign.eval.judges import ScoreModelJudge
+    meta = json.loads((stage / "stage.json").read_text())
+    inputs = meta.get("inputs", {})
+    if "reward" not in inputs or "cost" not in inputs:
+        return {}
+    root = stage.parent.parent            # the cache; stage.json's absolute paths may predate a move
+    judge = ScoreModelJudge(str(root / "score-model" / Path(inputs["reward"]).name / "model"),
+                            str(root / "score-model" / Path(inputs["cost"]).name / "model"), template)
+    prompts = [p for p in t["prompts"] for _ in t["candidates"]]
+    answers = [c for _ in t["prompts"] for c in t["candidates"]]
+    out = {}
+    for name, kind, truth in (("reward", "helpfulness", t["r"]), ("cost", "harmlessness", -t["g"])):
+        learned = np.array(judge.scores(kind, prompts, answers))
+        slope, offset = np.polyfit(truth.ravel(), learned, 1)
+        out.update({f"{name}_model_slope": float(slope), f"{name}_model_corr":
+                    float(np.corrcoef(truth.ravel(), learned)[0, 1])})
+        if name == "cost":
+            out["cost_model_offset"] = float(offset)
+    return out
+
+
 def measure(raw: np.ndarray, logp_ref: np.ndarray, r: np.ndarray, g: np.ndarray, target: dict,
             threshold: float) -> dict:
     """The distance of one policy (raw candidate log-probs) to its target pi_ref exp(a r + b g)/Z."""
@@ -91,7 +118,7 @@ def _rows(run, models: dict, seed: int, t: dict) -> list[dict]:
                "front": front_name(target.get("front")),
                **measure(candidate_logps(stage.model, t, run.template), logp_ref, r, g, target,
                          run.typed["diagnostics"].threshold),
-               "lambda_final": final_lambda(stage)}
+               "lambda_final": final_lambda(stage), **score_model_fit(stage, t, run.template)}
         for key in ("lambda_target", "lambda_star"):
             if key in target:
                 row[key] = float(np.median(target[key]))
@@ -129,7 +156,8 @@ def summary_columns(rows: list[dict], label: str) -> dict:
     if not mine:
         return {}
     out = {"target": mine[0]["target"]}
-    for col in COLUMNS + ("lambda_target", "lambda_star"):
+    for col in COLUMNS + ("lambda_target", "lambda_star", "cost_model_slope", "cost_model_offset", "cost_model_corr",
+                          "reward_model_corr"):
         values = np.array([r.get(col, np.nan) for r in mine], dtype=float)
         if np.isnan(values).all():
             continue

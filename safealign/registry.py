@@ -37,7 +37,7 @@ METHODS = {
                     target=ONE_T),
     "sacpo": Method(STEPWISE, "SACPO DPO(H)->DPO(S), beta/lambda sweep (0.025: 0.685 / 0.805)",
                     {"first": "dpo-h", "loss": "dpo", "target": "safety", "ratios": RATIOS},
-                            sweep="ratios", target=STEPWISE_T),
+                    sweep="ratios", target=STEPWISE_T),
     "sacpo-dpo-kto": Method(STEPWISE, "SACPO DPO(H)->KTO(S), beta/lambda sweep (0.1: 0.660 / 0.524)",
                             {"first": "dpo-h", "loss": "kto", "target": "safety", "ratios": RATIOS},
                             sweep="ratios", target=STEPWISE_T),

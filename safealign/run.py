@@ -83,6 +83,9 @@ class Run:
             self._validate_method(name)
         for spec in self.methods:
             self._validate_method(spec)
+            if self.is_exact and METHODS[parse_method(spec)[0]].target is None:
+                raise BenchError(f"method '{spec}' names no optimum, so the exact benchmark cannot measure it: "
+                                 "give its registry row a target")
         if "{input}" not in self.template:
             raise BenchError("prompt_template must contain {input}, e.g. 'USER: {input} ASSISTANT:'")
         self._judge_setup()
@@ -157,8 +160,6 @@ class Run:
         """[(label, target)] of a method spec on the exact benchmark: the optimum pi_ref exp(a r + b g)/Z each of
         its models aims at, from the registry row's `target` function."""
         name, points = parse_method(spec)
-        if METHODS[name].target is None:
-            raise BenchError(f"method '{name}' names no optimum for the exact benchmark: give its registry row a target")
         params = {METHODS[name].sweep: points} if points else {}
         return _import(METHODS[name].target)(self, name, params)
 

@@ -43,3 +43,22 @@ def test_saferlhf_and_repo_lower_harm_with_shared_score_models(reference_only_ca
     # (one run: 0.31 at the first step, 0.08 at the last; lambda 1.03 -> 2.88, still above the 0.05 target)
     window = [c["window"] for c in curves["repo"]]
     assert all(0.0 <= w <= 1.0 for w in window) and window[-1] < window[0]
+
+    # MoCAN on the same cache: the score models are reused, lambda* comes from the dual on pi_ref's sampled
+    # answers, and the pseudo-preferences ranked by r + lambda* g side with the safer answer more often than the
+    # helpfulness labels do (seed 0 on the sweep cache: lambda* 0.52; agreement with safer_response_id 0.54 for
+    # the pseudo-labels vs 0.36 for better_response_id; margin: +0.05)
+    r = bench_run("mocan", tmp_path / "mocan", cache)
+    assert r.returncode == 0, r.stderr[-3000:]
+    log = (tmp_path / "mocan" / "run.log").read_text()
+    score_lines = [line for line in log.splitlines() if "model [score-model/" in line]
+    assert len(score_lines) == 2 and all(line.endswith("cached") for line in score_lines), score_lines
+    dual_dir = next(cache.glob("mocan-dual/*/"))
+    dual = json.loads((dual_dir / "dual.json").read_text())
+    assert 0 < dual["lambda"] < 1e6, dual
+    pseudo = [json.loads(x) for x in (dual_dir / "relabelled.jsonl").read_text().splitlines()]
+    share = lambda rows: sum(x["better_response_id"] == x["safer_response_id"] for x in rows) / len(rows)  # noqa: E731
+    original = [json.loads(x) for x in next(cache.glob("world/*/train.jsonl")).read_text().splitlines()]
+    assert share(pseudo) > share(original) + 0.05
+    s = pd.read_csv(tmp_path / "mocan" / "summary.csv").set_index("method")
+    assert 0.0 <= s.loc["mocan", "harmlessness_win_rate"] <= 1.0 and s.loc["mocan", "helpfulness_judgments"] > 0
