@@ -37,7 +37,7 @@ def final_lambda(stage: Path) -> float:
     return float(json.loads(lines[-1])["lambda"]) if lines else float("nan")
 
 
-def score_model_fit(stage: Path, t: dict, template: str) -> dict:
+def score_model_fit(stage, t: dict, template: str) -> dict:
     """For an RL stage: how the learned reward and cost models read the true r and c = -g on every candidate
     (slope and correlation of a least-squares line; the cost also its offset, since Safe RLHF's threshold is in
     the cost model's units). {} for a stage without score models."""
@@ -48,7 +48,7 @@ def score_model_fit(stage: Path, t: dict, template: str) -> dict:
     inputs = meta.get("inputs", {})
     if "reward" not in inputs or "cost" not in inputs:
         return {}
-    root = stage.parent.parent            # the cache; stage.json's absolute paths may predate a move
+    root = Path(stage / "stage.json").parent.parent.parent    # the cache: stage.json's paths may predate a move
     judge = ScoreModelJudge(str(root / "score-model" / Path(inputs["reward"]).name / "model"),
                             str(root / "score-model" / Path(inputs["cost"]).name / "model"), template)
     prompts = [p for p in t["prompts"] for _ in t["candidates"]]

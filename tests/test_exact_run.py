@@ -29,8 +29,10 @@ def test_dpo_approaches_its_optimum_as_the_data_grows(cache, tmp_path):
 
 
 def test_a_run_reports_each_distance_to_its_target(cache, tmp_path):
-    methods = "dpo-h,sacpo@0.5,psacpo@0.5,mocan"
-    run = Run("exact", methods, tmp_path, cache, overrides=SMALL, echo=False)
+    methods = "dpo-h,sacpo@0.5,psacpo@0.5,mocan,saferlhf"
+    short_rl = ["methods.saferlhf.steps=20", "methods.saferlhf.reward_model_epochs=2",
+                "methods.saferlhf.cost_model_epochs=2"]           # the machinery, not convergence
+    run = Run("exact", methods, tmp_path, cache, overrides=SMALL + short_rl, echo=False)
     summary = run.execute().set_index("method")
     # pi_ref measured against itself: the read-off is exact
     assert summary.loc["sft", "exact_kl"] == pytest.approx(0.0, abs=1e-9)
@@ -44,6 +46,13 @@ def test_a_run_reports_each_distance_to_its_target(cache, tmp_path):
     assert dual["lambda"] == pytest.approx(target["lambda_target"]) and math.isfinite(dual["lambda"])
     # the safety step moves expected g up from DPO(H)'s, as its target does
     assert summary.loc["sacpo@0.5", "exact_g"] > summary.loc["dpo-h", "exact_g"]
+    # the PPO-Lagrangian's final multiplier beside the fixed point and lambda* of its problem, and how its score
+    # models read the true r and c
+    rl = summary.loc["saferlhf"]
+    assert 0 < rl["lambda_final"] <= 5.0 and 0 < rl["lambda_star"] < 1e6 and 0 < rl["lambda_target"] < 1e6
+    assert all(math.isfinite(rl[c]) for c in ("cost_model_slope", "cost_model_offset", "reward_model_corr"))
     assert (tmp_path / "exact.csv").exists() and (tmp_path / "figures" / "exact_front.png").exists()
     front = pd.read_csv(tmp_path / "exact_front.csv")
-    assert front["g"].is_monotonic_increasing          # more lambda, more expected safety along the front
+    assert set(front["family"]) == {"KL-regularised optimum, beta 1", "PPO-Lagrangian optimum, beta 1"}
+    for _, curve in front.groupby("family"):
+        assert curve["g"].is_monotonic_increasing      # more lambda, more expected safety along each front
