@@ -51,14 +51,20 @@ def _oracle(run, rows: list[dict]):
     return logp_ref, r, g, score
 
 
-def _score_models(run, cfg: MoCANConfig, rows: list[dict]):
-    """Other benchmarks: `samples` answers per training prompt from pi_ref, scored by the score models."""
-    from safealign.eval.judges import ScoreModelJudge
+def score_stages(run, cfg: MoCANConfig) -> dict:
+    """The reward and cost model stages of the RL method `cfg.score_models` names ({} on the exact benchmark)."""
+    if run.is_exact:
+        return {}
     from safealign.methods.ppo import PPOConfig, score_models
     from safealign.methods.training import from_dict
+    return score_models(run, from_dict(PPOConfig, run.method_settings(cfg.score_models, {}),
+                                       f"methods.{cfg.score_models}"))
+
+
+def _score_models(run, cfg: MoCANConfig, rows: list[dict], stages: dict):
+    """Other benchmarks: `samples` answers per training prompt from pi_ref, scored by the score models."""
+    from safealign.eval.judges import ScoreModelJudge
     from safealign.stages import read_jsonl
-    stages = score_models(run, from_dict(PPOConfig, run.method_settings(cfg.score_models, {}),
-                                         f"methods.{cfg.score_models}"))
     judge = ScoreModelJudge(str(stages["reward"].model), str(stages["cost"].model), run.template)
     prompts = list(dict.fromkeys(row["prompt"] for row in rows))
     sampled = read_jsonl(run.generate("sft", run.reference, "train", cfg.samples, temperature=cfg.temperature,
@@ -77,11 +83,11 @@ def _score_models(run, cfg: MoCANConfig, rows: list[dict]):
     return logw, r.reshape(shape), g.reshape(shape), score
 
 
-def solve_dual(run, cfg: MoCANConfig, rows: list[dict], work) -> None:
+def solve_dual(run, cfg: MoCANConfig, rows: list[dict], stages: dict, work) -> None:
     """Write dual.json (lambda*, pi_ref's E[g] and the bound) and relabelled.jsonl (the pseudo-preferences)."""
     from safealign.exact import expected, solve_lambda
     from safealign.stages import write_atomic, write_jsonl
-    logw, r, g, score = _oracle(run, rows) if run.is_exact else _score_models(run, cfg, rows)
+    logw, r, g, score = _oracle(run, rows) if run.is_exact else _score_models(run, cfg, rows, stages)
     lam = solve_lambda(logw, r, g, cfg.beta, -cfg.threshold)
     (r0, g0), (r1, g1) = score("response_0"), score("response_1")
     write_jsonl(work / "relabelled.jsonl", pseudo_labels(rows, r0 + lam * g0, r1 + lam * g1, run.seed))
@@ -93,10 +99,11 @@ def mocan(run, name: str, params: dict) -> list:
     from safealign.methods.preference import train_step
     from safealign.stages import read_jsonl
     cfg = config(run, name, params)
+    stages = score_stages(run, cfg)              # inputs of the dual, so new score models mean a new lambda*
     dual = run.store.run("mocan-dual", {"mocan": asdict(cfg), "seed": run.seed, "limit": run.limit,
                                         "template": run.template},
-                         {"reference": run.reference, "data": run.data_stage},
-                         lambda w: solve_dual(run, cfg, run.rows("train"), w), label=f"{name} dual")
+                         {"reference": run.reference, "data": run.data_stage, **stages},
+                         lambda w: solve_dual(run, cfg, run.rows("train"), stages, w), label=f"{name} dual")
     lam = json.loads((dual / "dual.json").read_text())["lambda"]
     run.log(f"{name}: lambda* = {lam:.4g} from the dual")
     step = StepConfig(**{k: v for k, v in asdict(cfg).items() if k in StepConfig.__dataclass_fields__})
