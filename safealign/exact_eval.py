@@ -200,6 +200,8 @@ def _plot_convergence(table, path: Path, method: str) -> None:
         means = table.groupby("pairs_per_prompt")[col].mean()
         ax.plot(means.index, means.values, color="C0", marker="o", label=f"mean over {table['seed'].nunique()} seeds")
         ax.set_xscale("log")
+        ax.set_xticks(list(means.index), [str(n) for n in means.index])
+        ax.minorticks_off()
         ax.set_xlabel("preference pairs per prompt")
         ax.set_title(f"{method}: {name}")
         ax.grid(alpha=0.3)
