@@ -183,7 +183,7 @@ def plot_exact(points, fronts, folder: Path) -> list[Path]:
     for ax in axes.flat[len(panels):]:
         ax.axis("off")
     for ax, (name, methods) in zip(axes.flat, panels.items()):
-        for j, family in enumerate(dict.fromkeys(fronts["family"])):
+        for family in dict.fromkeys(fronts["family"]):
             curve = fronts[fronts["family"] == family]
             ax.plot(curve["g"], curve["r"], color="0.45", lw=1.2, ls="--" if "PPO" in family else "-", label=family)
         for i, row in enumerate(means[means["method"].isin(methods)].itertuples()):

@@ -58,5 +58,6 @@ def merge_target(run, name: str, params: dict) -> list:
     settings = run.method_settings(name, params)
     (_, ta), = run.targets_of(settings["a"])
     (_, tb), = run.targets_of(settings["b"])
-    return [(f"{name}@{float(q):g}", {"a": (1 - q) * ta["a"] + q * tb["a"], "b": (1 - q) * ta["b"] + q * tb["b"],
-                                       "loss": "merge", "front": ta.get("front")}) for q in map(float, settings["weights"])]
+    return [(f"{name}@{q:g}", {"a": (1 - q) * ta["a"] + q * tb["a"], "b": (1 - q) * ta["b"] + q * tb["b"],
+                               "loss": "merge", "front": ta.get("front")})
+            for q in map(float, settings["weights"])]

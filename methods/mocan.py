@@ -34,9 +34,10 @@ def config(run, name: str, params: dict) -> MoCANConfig:
 
 def pseudo_labels(rows: list[dict], s0: np.ndarray, s1: np.ndarray, seed: int) -> list[dict]:
     """Rows with better_response_id drawn as P(0 wins) = sigmoid(s0 - s1)."""
-    rng = np.random.default_rng(seed)
-    p0 = 1.0 / (1.0 + np.exp(-(np.asarray(s0) - np.asarray(s1))))
-    return [{**row, "better_response_id": int(u >= p) } for row, p, u in zip(rows, p0, rng.random(len(rows)))]
+    from safealign.exact import sigmoid
+    p0 = sigmoid(np.asarray(s0) - np.asarray(s1))
+    draws = np.random.default_rng(seed).random(len(rows))
+    return [{**row, "better_response_id": int(u >= p)} for row, p, u in zip(rows, p0, draws)]
 
 
 def _oracle(run, rows: list[dict]):
