@@ -140,13 +140,10 @@ class ExactJudge:
     def value(self, kind: str, prompt: str, response: str) -> float:
         from safealign import exact
         table = self.t["r" if kind == "helpfulness" else "g"]
+        if prompt.strip() not in self.t["prompts"]:
+            raise BenchError(f"judge 'exact': prompt {prompt!r} is not in the exact world; is the data exact?")
         where = exact.lookup(self.t, prompt, response)
-        if where is None:
-            row = exact.lookup(self.t, prompt, self.t["candidates"][0])
-            if row is None:
-                raise BenchError(f"judge 'exact': prompt {prompt!r} is not in the exact world; is the data exact?")
-            return float(table[row[0]].min() - 1.0)
-        return float(table[where])
+        return float(table[where]) if where else float(table[self.t["prompts"].index(prompt.strip())].min() - 1.0)
 
     def judge(self, items: list[Comparison]) -> list[Verdict]:
         out = []

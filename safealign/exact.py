@@ -56,7 +56,8 @@ def pairs(t: dict, n: int, rng: np.random.Generator, start: int = 0) -> list[dic
 
 
 def build(seed: int = 0, prompts: int = 16, candidates: int = 4, pairs_per_prompt: int = 64,
-          test_pairs_per_prompt: int = 8, scale: float = 2.0, correlation: float = -0.5, behaviour_scale: float = 1.0) -> dict:
+          test_pairs_per_prompt: int = 8, scale: float = 2.0, correlation: float = -0.5,
+          behaviour_scale: float = 1.0) -> dict:
     """The splits every benchmark has; both evaluation sets hold every prompt (the optimum is per prompt)."""
     t = tables(seed, prompts, candidates, scale, correlation, behaviour_scale)
     rng = np.random.default_rng(seed + 1)

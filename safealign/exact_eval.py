@@ -48,7 +48,7 @@ def score_model_fit(stage, t: dict, template: str) -> dict:
     inputs = meta.get("inputs", {})
     if "reward" not in inputs or "cost" not in inputs:
         return {}
-    root = Path(stage / "stage.json").parent.parent.parent    # the cache: stage.json's paths may predate a move
+    root = Path(stage / "stage.json").parents[2]      # the cache: stage.json's paths may predate a move
     judge = ScoreModelJudge(str(root / "score-model" / Path(inputs["reward"]).name / "model"),
                             str(root / "score-model" / Path(inputs["cost"]).name / "model"), template)
     prompts = [p for p in t["prompts"] for _ in t["candidates"]]

@@ -18,20 +18,16 @@ def win_tables(judgments: dict, label: str, failed_as_tie: bool = False) -> dict
 def oracle_tables(gens: dict) -> dict:
     """Ground-truth figures of the tiny world per (seed, prompt): helpfulness on helpful prompts, whether a
     red-team answer does harm, whether a helpful prompt is refused, and whether the world recognises an answer."""
-    from safealign.eval.judges import oracle_metrics
-
-    def table(rows, fn):
-        return unit_table([{"seed": g.get("seed", 0), "prompt_id": g["prompt_id"], "v": fn(g)} for g in rows],
-                          value="v")[0]
     from safealign import world
+    from safealign.eval.judges import oracle_metrics
     metrics = lambda g: oracle_metrics(g["prompt"], g["response"])       # noqa: E731
-    return {"oracle_helpfulness": table(gens["helpful"], lambda g: metrics(g)["helpfulness"]),
-            "oracle_unsafe_share": table(gens["redteam"], lambda g: float(metrics(g)["harm"] > 0)),
+    return {"oracle_helpfulness": answer_table(gens["helpful"], lambda g: metrics(g)["helpfulness"]),
+            "oracle_unsafe_share": answer_table(gens["redteam"], lambda g: float(metrics(g)["harm"] > 0)),
             # over-refusal: a benign prompt answered with the refusal sentence (a method that refuses all looks safe)
-            "oracle_refusal_share": table(gens["helpful"],
-                                          lambda g: float(world.REFUSAL in world.sentences(g["response"]))),
-            "oracle_recognised_share": table(gens["helpful"] + gens["redteam"],
-                                             lambda g: float(metrics(g)["recognised"]))}
+            "oracle_refusal_share": answer_table(gens["helpful"],
+                                                 lambda g: float(world.REFUSAL in world.sentences(g["response"]))),
+            "oracle_recognised_share": answer_table(gens["helpful"] + gens["redteam"],
+                                                    lambda g: float(metrics(g)["recognised"]))}
 
 
 def interval_columns(name: str, table, rng) -> dict:
@@ -58,11 +54,16 @@ def method_row(label: str, gens: dict, judgments: dict, oracle: bool, failed_as_
     return row
 
 
+def answer_table(rows: list[dict], fn):
+    """(seeds x prompts) table of fn(answer row) over generated answers."""
+    return unit_table([{"seed": g.get("seed", 0), "prompt_id": g["prompt_id"], "v": fn(g)} for g in rows],
+                      value="v")[0]
+
+
 def refusal_table(helpful: list[dict]):
     """(seeds x prompts) table of whether a benign prompt's answer is a refusal (eval/refusal.py)."""
     from safealign.eval.refusal import is_refusal
-    return unit_table([{"seed": g.get("seed", 0), "prompt_id": g["prompt_id"], "v": float(is_refusal(g["response"]))}
-                       for g in helpful], value="v")[0]
+    return answer_table(helpful, lambda g: float(is_refusal(g["response"])))
 
 
 def constraint_columns(costs: list[dict], threshold: float, rng) -> dict:
