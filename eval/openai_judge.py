@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from safealign import BenchError
-from safealign.eval.judges import Comparison, Verdict
+from safealign.eval.judges import Comparison, Judge, Verdict
 from safealign.stages import digest, write_atomic
 
 _NUM = r"(-?\d+(?:\.\d+)?)"
@@ -100,6 +100,15 @@ class Usage:
     def cost(self, cfg: OpenAIJudgeConfig) -> float:
         return cost(cfg, self.prompt_tokens, self.completion_tokens)
 
+    def as_dict(self) -> dict:
+        return {f: getattr(self, f) for f in ("sent", "cached", "failed", "prompt_tokens", "completion_tokens")}
+
+    def add(self, counts: dict) -> None:
+        """Counters another process saved (a judging stage run by a Ray worker)."""
+        for f, v in counts.items():
+            if f in self.as_dict():
+                setattr(self, f, getattr(self, f) + int(v))
+
     def line(self, cfg: OpenAIJudgeConfig) -> str:
         return (f"judge {cfg.model}: {self.sent} requests sent, {self.cached} answered from cache, {self.failed} failed; "
                 f"{self.prompt_tokens} input + {self.completion_tokens} output tokens, est. ${self.cost(cfg):.2f}")
@@ -123,7 +132,7 @@ class Usage:
         }
 
 
-class OpenAIJudge:
+class OpenAIJudge(Judge):
     """A judge described by a config file (model, temperature, prompt templates); see judge_configs/gpt4.toml."""
 
     def __init__(self, cfg: OpenAIJudgeConfig, cache_dir: Path | None = None, log=print):
@@ -145,6 +154,22 @@ class OpenAIJudge:
     @property
     def failed_as_tie(self) -> bool:
         return self.cfg.failed_as_tie
+
+    @property
+    def repetitions(self) -> int:
+        return self.cfg.repetitions
+
+    def record(self) -> dict:
+        return config_record(self.cfg)
+
+    def estimate_cost(self, comparisons: int, answer_tokens: int) -> float:
+        """An upper bound: each comparison one request, its prompt the longest template plus two full answers
+        (a token taken as 4 characters), its reply max_tokens long."""
+        longest = max((len(t) for t in self.cfg.templates.values()), default=0) + \
+            max((len(t) for t in (self.cfg.system.values() if isinstance(self.cfg.system, dict) else [self.cfg.system])),
+                default=0)
+        prompt = longest // 4 + 2 * answer_tokens
+        return comparisons * cost(self.cfg, prompt, self.cfg.max_tokens)
 
     # -- requests and their cache ----------------------------------------------------------------------------
     def messages(self, c: Comparison) -> list[dict]:
@@ -349,7 +374,7 @@ def comparisons_of(judgments: dict, gens: dict) -> list[Comparison]:
     from the generations as the judging stage built them; rows that match no generation are left out."""
     from safealign.eval.judging import _comparison, judgment_id, plan
     try:
-        from safealign.run import PROMPT_SETS_BY_KIND as kinds
+        from safealign.pipeline import PROMPT_SETS_BY_KIND as kinds
     except ImportError:
         kinds = {"helpfulness": "helpful", "harmlessness": "redteam"}
     out = []

@@ -38,15 +38,21 @@ def _fast_pass(ia: list, ib: list, s: list, order, r: list, k: float, divisor: f
         r[b] -= delta
 
 
-def resample_units(rows: list[dict], rng: np.random.Generator) -> list[dict]:
-    """One two-way bootstrap draw of judgments: seeds and prompts are drawn with replacement and every judgment
-    of a drawn (seed, prompt) unit (all model pairs, orders and rounds) comes along as often as it was drawn."""
+def unit_counts(rows: list[dict], rng: np.random.Generator) -> np.ndarray:
+    """One two-way bootstrap draw of judgments, as a count per row: seeds and prompts are drawn with replacement
+    and every judgment of a drawn (seed, prompt) unit (all model pairs, orders and rounds) counts as often as its
+    unit was drawn."""
     from collections import Counter
     seeds = sorted({r.get("seed", 0) for r in rows})
     prompts = sorted({r["prompt_id"] for r in rows})
     ns = Counter(seeds[i] for i in rng.integers(0, len(seeds), len(seeds)))
     npr = Counter(prompts[i] for i in rng.integers(0, len(prompts), len(prompts)))
-    return [r for r in rows for _ in range(ns[r.get("seed", 0)] * npr[r["prompt_id"]])]
+    return np.array([ns[r.get("seed", 0)] * npr[r["prompt_id"]] for r in rows], dtype=int)
+
+
+def resample_units(rows: list[dict], rng: np.random.Generator) -> list[dict]:
+    """unit_counts as rows: each judgment repeated as often as its unit was drawn (Elo needs the games listed)."""
+    return [r for r, n in zip(rows, unit_counts(rows, rng)) for _ in range(n)]
 
 
 def elo(rows: list[dict], rng: np.random.Generator, anchor: str = "sft", trials: int = 50, passes: int = 10,
@@ -91,18 +97,21 @@ def elo_ci(rows: list[dict], rng: np.random.Generator, rounds: int = 30, level: 
 
 
 def bradley_terry(games: list[tuple[str, str, float]], models: list[str], anchor: str = "sft",
-                  iters: int = 200, prior: float = 0.01) -> dict[str, float]:
+                  iters: int = 200, prior: float = 0.01, weights: np.ndarray | None = None) -> dict[str, float]:
     """Maximum-likelihood Bradley-Terry strengths on the Elo scale: P(a beats b) = 1/(1 + 10^((r_b - r_a)/400)).
 
-    Ties count as half a win for each side. MM updates (Hunter 2004) on p_i = 10^(r_i/400), with a small
-    symmetric prior (`prior` virtual half-wins each way between every pair) so that an unbeaten model stays
-    finite. The anchor is fixed at 1000."""
+    Ties count as half a win for each side; `weights` counts each game that many times (a bootstrap draw). MM
+    updates (Hunter 2004) on p_i = 10^(r_i/400), with a small symmetric prior (`prior` virtual half-wins each way
+    between every pair) so that an unbeaten model stays finite. The anchor is fixed at 1000."""
     idx = {m: i for i, m in enumerate(models)}
     n = len(models)
-    wins = np.full((n, n), 0.0)
-    for a, b, s in games:
-        wins[idx[a], idx[b]] += s
-        wins[idx[b], idx[a]] += 1.0 - s
+    ia = np.array([idx[a] for a, _, _ in games], dtype=int)
+    ib = np.array([idx[b] for _, b, _ in games], dtype=int)
+    s = np.array([x for _, _, x in games], dtype=float)
+    w = np.ones(len(games)) if weights is None else np.asarray(weights, dtype=float)
+    wins = np.zeros((n, n))
+    np.add.at(wins, (ia, ib), s * w)
+    np.add.at(wins, (ib, ia), (1.0 - s) * w)
     wins += prior * (1 - np.eye(n))
     games_ij = wins + wins.T
     p = np.ones(n)
@@ -118,18 +127,20 @@ def bradley_terry(games: list[tuple[str, str, float]], models: list[str], anchor
 def bradley_terry_ci(rows: list[dict], rng: np.random.Generator, anchor: str = "sft", rounds: int = 200,
                      level: float = 0.95) -> dict:
     """BT ratings with bootstrap intervals (seeded): each round redraws the (seed, prompt) units with replacement
-    (resample_units) when the rows carry prompt ids, else single judgments, and refits."""
-    games = outcomes(rows)
+    (unit_counts) when the rows carry prompt ids, else single judgments, and refits."""
+    kept = [r for r in rows if r.get("ok", True)]
+    games = outcomes(kept)
     models = sorted({m for a, b, _ in games for m in (a, b)})
     point = bradley_terry(games, models, anchor)
     by_unit = all("prompt_id" in r for r in rows)
     samples = {m: [] for m in models}
     for _ in range(rounds):
         if by_unit:
-            drawn = outcomes(resample_units(rows, rng))
+            # the failed judgments take part in the draw (as resample_units would list them) and are then dropped
+            weights = unit_counts(rows, rng)[[i for i, r in enumerate(rows) if r.get("ok", True)]]
         else:
-            drawn = [games[i] for i in rng.integers(0, len(games), len(games))]
-        fit = bradley_terry(drawn, models, anchor)
+            weights = np.bincount(rng.integers(0, len(games), len(games)), minlength=len(games))
+        fit = bradley_terry(games, models, anchor, weights=weights)
         for m in models:
             samples[m].append(fit[m])
     lo, hi = (1 - level) / 2, 1 - (1 - level) / 2

@@ -40,16 +40,20 @@ def merge_checkpoints(a: Path, b: Path, q: float, out: Path) -> None:
     AutoTokenizer.from_pretrained(a).save_pretrained(out)
 
 
+def merge_stage(job) -> None:
+    merge_checkpoints(job.inputs["a"].model, job.inputs["b"].model, job.config["q"], job.work / "model")
+
+
 def merge(run, name: str, params: dict) -> list:
+    from safealign.registry import check_sweep
     settings = run.method_settings(name, params)
+    check_sweep(name, settings, "weights", "a", "b")
+    if any(not 0.0 <= float(q) <= 1.0 for q in settings["weights"]):
+        raise BenchError(f"[methods.{name}] weights must lie in [0, 1], got {settings['weights']}")
     a, b = run.model_of(settings["a"]), run.model_of(settings["b"])
-    out = []
-    for q in settings["weights"]:
-        label = f"{name}@{float(q):g}"
-        out.append((label, run.store.run("merge", {"q": float(q)}, {"a": a, "b": b},
-                                         lambda w, q=float(q): merge_checkpoints(a.model, b.model, q, w / "model"),
-                                         label=label)))
-    return out
+    return [(f"{name}@{float(q):g}", run.stage("merge", "safealign.methods.merge:merge_stage", {"q": float(q)},
+                                               {"a": a, "b": b}, f"{name}@{float(q):g}"))
+            for q in settings["weights"]]
 
 
 def merge_target(run, name: str, params: dict) -> list:

@@ -40,38 +40,37 @@ def pseudo_labels(rows: list[dict], s0: np.ndarray, s1: np.ndarray, seed: int) -
     return [{**row, "better_response_id": int(u >= p)} for row, p, u in zip(rows, p0, draws)]
 
 
-def _oracle(run, rows: list[dict]):
+def _oracle(job, rows: list[dict]):
     """Exact benchmark: r and g of every training answer from the table, and the dual over pi_ref exactly."""
     from safealign import exact
-    t = run.exact_table()
-    logp_ref, r, g = run.exact_arrays()
+    from safealign.exact_eval import candidate_logps
+    world = job.inputs["data"].record["config"]["exact"]
+    t = exact.tables(**{k: world[k] for k in exact.TABLE_KEYS})
+    logp_ref = exact.log_normalise(candidate_logps(job.inputs["reference"].model, t, job.config["template"]))
 
     def score(side: str) -> tuple[np.ndarray, np.ndarray]:
         idx = [exact.lookup(t, row["prompt"], row[side]) for row in rows]
-        return np.array([r[i] for i in idx]), np.array([g[i] for i in idx])
-    return logp_ref, r, g, score
+        return np.array([t["r"][i] for i in idx]), np.array([t["g"][i] for i in idx])
+    return logp_ref, t["r"], t["g"], score
 
 
 def score_stages(run, cfg: MoCANConfig) -> dict:
     """The reward and cost model stages of the RL method `cfg.score_models` names ({} on the exact benchmark)."""
     if run.is_exact:
         return {}
-    from safealign.methods.ppo import PPOConfig, score_models
-    from safealign.methods.training import from_dict
-    return score_models(run, from_dict(PPOConfig, run.method_settings(cfg.score_models, {}),
-                                       f"methods.{cfg.score_models}"))
+    from safealign.methods.ppo import rl_config, score_models
+    return score_models(run, rl_config(run, cfg.score_models, {}))
 
 
-def _score_models(run, cfg: MoCANConfig, rows: list[dict], stages: dict):
-    """Other benchmarks: `samples` answers per training prompt from pi_ref, scored by the score models."""
+def _score_models(job, cfg: MoCANConfig, rows: list[dict]):
+    """Other benchmarks: `samples` answers per training prompt from pi_ref (the `samples` input), scored by the
+    score models."""
     from safealign.eval.judges import ScoreModelJudge
     from safealign.stages import read_jsonl
-    judge = ScoreModelJudge(str(stages["reward"].model), str(stages["cost"].model), run.template)
-    prompts = list(dict.fromkeys(row["prompt"] for row in rows))
-    sampled = read_jsonl(run.generate("sft", run.reference, "train", cfg.samples, temperature=cfg.temperature,
-                                      prompts=[{"prompt_id": f"t{i:05d}", "prompt": p, "category": ""}
-                                               for i, p in enumerate(prompts)]) / "generations.jsonl")
+    judge = ScoreModelJudge(str(job.inputs["reward"].model), str(job.inputs["cost"].model), job.config["template"])
+    sampled = read_jsonl(job.inputs["samples"] / "generations.jsonl")
     sampled.sort(key=lambda s: (s["prompt_id"].rsplit("#", 1)[0], s.get("sample", 0)))
+    prompts = {s["prompt_id"].rsplit("#", 1)[0] for s in sampled}
     r = np.array(judge.scores("helpfulness", [s["prompt"] for s in sampled], [s["response"] for s in sampled]))
     g = -np.array(judge.scores("harmlessness", [s["prompt"] for s in sampled], [s["response"] for s in sampled]))
     shape = (len(prompts), cfg.samples)
@@ -84,38 +83,33 @@ def _score_models(run, cfg: MoCANConfig, rows: list[dict], stages: dict):
     return logw, r.reshape(shape), g.reshape(shape), score
 
 
-def solve_dual(run, cfg: MoCANConfig, rows: list[dict], stages: dict, work) -> None:
+def dual_stage(job) -> None:
     """Write dual.json (lambda*, pi_ref's E[g] and the bound) and relabelled.jsonl (the pseudo-preferences)."""
     from safealign.exact import expected, solve_lambda
+    from safealign.pipeline import train_rows
     from safealign.stages import write_atomic, write_jsonl
-    logw, r, g, score = _oracle(run, rows) if run.is_exact else _score_models(run, cfg, rows, stages)
+    cfg = MoCANConfig.from_dict(job.config["mocan"], "mocan")
+    rows = train_rows(job)
+    logw, r, g, score = _score_models(job, cfg, rows) if "reward" in job.inputs else _oracle(job, rows)
     lam = solve_lambda(logw, r, g, cfg.beta, -cfg.threshold)
     (r0, g0), (r1, g1) = score("response_0"), score("response_1")
-    write_jsonl(work / "relabelled.jsonl", pseudo_labels(rows, r0 + lam * g0, r1 + lam * g1, run.seed))
-    write_atomic(work / "dual.json", json.dumps({"lambda": lam, "bound_g": -cfg.threshold, "beta": cfg.beta,
-                                                 "ref_expected_g": float(expected(logw, g).mean())}, indent=2))
+    write_jsonl(job.work / "relabelled.jsonl", pseudo_labels(rows, r0 + lam * g0, r1 + lam * g1, job.config["seed"]))
+    write_atomic(job.work / "dual.json", json.dumps({"lambda": lam, "bound_g": -cfg.threshold, "beta": cfg.beta,
+                                                     "ref_expected_g": float(expected(logw, g).mean())}, indent=2))
+    job.log(f"MoCAN: lambda* = {lam:.4g} from the dual")
 
 
 def mocan(run, name: str, params: dict) -> list:
-    from safealign.methods.preference import train_step
-    from safealign.stages import read_jsonl
     cfg = config(run, name, params)
-    stages = score_stages(run, cfg)              # inputs of the dual, so new score models mean a new lambda*
-    dual = run.store.run("mocan-dual", {"mocan": asdict(cfg), "seed": run.seed, "limit": run.limit,
-                                        "template": run.template},
-                         {"reference": run.reference, "data": run.data_stage, **stages},
-                         lambda w: solve_dual(run, cfg, run.rows("train"), stages, w), label=f"{name} dual")
-    lam = json.loads((dual / "dual.json").read_text())["lambda"]
-    run.log(f"{name}: lambda* = {lam:.4g} from the dual")
+    inputs = {"reference": run.reference, "data": run.data_stage}
+    if not run.is_exact:          # new score models or new samples mean a new lambda*
+        inputs.update(score_stages(run, cfg))
+        inputs["samples"] = run.generate("sft", run.reference, "train", cfg.samples, temperature=cfg.temperature)
+    dual = run.stage("mocan-dual", "safealign.methods.mocan:dual_stage", {"mocan": asdict(cfg), "seed": run.seed,
+                     "limit": run.limit, "template": run.template}, inputs, f"{name} dual")
     step = StepConfig(**{k: v for k, v in asdict(cfg).items() if k in StepConfig.__dataclass_fields__})
     step.target = "helpfulness"                     # the pseudo-label sits in better_response_id
-    stage = run.store.run("align", {"step": asdict(step), "seed": run.seed, "limit": run.limit,
-                                    "template": run.template},
-                          {"policy": run.reference, "reference": run.reference, "dual": dual},
-                          lambda w: train_step(step, run.reference.model, run.reference.model,
-                                               read_jsonl(dual / "relabelled.jsonl"), run.template, w, run.seed),
-                          label=name)
-    return [(name, stage)]
+    return [(name, run.align(name, step, run.reference, run.reference, dual=dual))]
 
 
 def mocan_target(run, name: str, params: dict) -> list:

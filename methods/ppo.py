@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from safealign import BenchError
 from safealign.methods.rl_math import (clipped_surrogate, clipped_value_loss, combined_advantage, gae,
                                        lagrange_update, rectified, shuffled_pass, token_rewards, violations)
 from safealign.methods.score_model import ADAM_BETAS, adamw, end_scores
@@ -237,6 +238,7 @@ def train_ppo(cfg: PPOConfig, sft: Path, reward: Path, cost: Path, rows: list[di
     from tqdm import tqdm
 
     from safealign.methods.sft import sft_rows
+    from safealign.tracking import tracker
     torch.manual_seed(seed)
     prompts = [template.format(input=r["prompt"]) for r in rows]
     examples = sft_rows(rows, template) if cfg.ptx_coeff > 0 else []      # PTX: the SFT stage's own examples
@@ -249,6 +251,8 @@ def train_ppo(cfg: PPOConfig, sft: Path, reward: Path, cost: Path, rows: list[di
         state = load_checkpoint(ckpt, m)
         log_lambda, curves, first = state["log_lambda"], state["curves"], state["step"]
         window.extend(state["window"])
+    # --report-to: each step's curve values, into work/tracking (kept with the stage); a no-op when off
+    track = tracker(work / "tracking", f"{cfg.algorithm}-{work.name}")
     with tqdm(total=steps, initial=first, desc=cfg.algorithm, unit="step") as bar:
         for step in range(first, steps):
             picks = shuffled_pass(len(prompts), cfg.rollout_batch, step, seed)
@@ -264,10 +268,12 @@ def train_ppo(cfg: PPOConfig, sft: Path, reward: Path, cost: Path, rows: list[di
             curves.append({"step": step, "reward": float(batch["reward"].mean()), "cost": float(batch["cost"].mean()),
                            "unsafe_share": float((batch["cost"] > 0).float().mean()), "lambda": lam,
                            "window": figure, "actor_lr": lr, **stats})
+            track.log({k: v for k, v in curves[-1].items() if k != "step"}, step)
             bar.set_postfix(reward=f"{curves[-1]['reward']:.2f}", cost=f"{curves[-1]['cost']:.2f}", lam=f"{lam:.2f}")
             bar.update()
             if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < steps:
                 save_checkpoint(ckpt, m, step + 1, log_lambda, window, curves)
+    track.finish()
     m.actor.save_pretrained(work / "model")
     m.tok.save_pretrained(work / "model")
     write_jsonl(work / "curves.jsonl", curves)
@@ -295,39 +301,59 @@ def plot_curves(curves: list[dict], path: Path, title: str) -> None:
 
 
 def score_models(run, cfg: PPOConfig) -> dict:
-    """{"reward": stage, "cost": stage}: the score models trained from pi_ref on the preference data; stages shared by
+    """{"reward": spec, "cost": spec}: the score models trained from pi_ref on the preference data; stages shared by
     every method with the same score-model settings (saferlhf, repo, mocan)."""
-    from safealign.methods.score_model import ScoreModelConfig, train_score_model
+    from safealign.methods.score_model import ScoreModelConfig
     max_len = int(run.config.get("train", {}).get("max_length", 512))
     scores = {}
     for kind, epochs in (("reward", cfg.reward_model_epochs), ("cost", cfg.cost_model_epochs)):
         sm = ScoreModelConfig(kind=kind, epochs=epochs, learning_rate=cfg.score_model_lr,
                               batch_size=cfg.score_model_batch, max_length=max_len)
-        scores[kind] = run.store.run(
-            "score-model", {"score": asdict(sm), "seed": run.seed, "limit": run.limit, "template": run.template},
-            {"sft": run.reference, "data": run.data_stage},
-            lambda w, sm=sm: train_score_model(sm, run.reference.model, run.rows("train"), run.rows("test"),
-                                               run.template, w, run.seed),
-            label=f"{kind} model")
-        metrics = json.loads((scores[kind] / "metrics.json").read_text())
-        run.log(f"{kind} model held-out: {metrics}")
-        if kind == "cost":
-            run.log(f"cost model: dropped {metrics['dropped_train_pairs']} train and {metrics['dropped_test_pairs']} "
-                    "test pairs whose safer_response_id contradicts is_response_*_safe")
+        scores[kind] = run.stage("score-model", "safealign.methods.ppo:score_stage",
+                                 {"score": asdict(sm), "seed": run.seed, "limit": run.limit, "template": run.template},
+                                 {"sft": run.reference, "data": run.data_stage}, f"{kind} model")
     return scores
+
+
+def score_stage(job) -> None:
+    """A reward or cost model (methods/score_model.py), its held-out figures logged for the user."""
+    from safealign.methods.score_model import ScoreModelConfig, train_score_model
+    from safealign.pipeline import data_rows, train_rows
+    c = job.config
+    sm = ScoreModelConfig(**c["score"])
+    train_score_model(sm, job.inputs["sft"].model, train_rows(job), data_rows(job.inputs["data"], "test", c["limit"]),
+                      c["template"], job.work, c["seed"])
+    metrics = json.loads((job.work / "metrics.json").read_text())
+    job.log(f"{sm.kind} model held-out: {metrics}")
+    if sm.kind == "cost":
+        job.log(f"cost model: dropped {metrics['dropped_train_pairs']} train and {metrics['dropped_test_pairs']} "
+                "test pairs whose safer_response_id contradicts is_response_*_safe")
+
+
+def rl_config(run, name: str, params: dict) -> PPOConfig:
+    from safealign.methods.training import from_dict
+    cfg = from_dict(PPOConfig, run.method_settings(name, params), f"methods.{name}")
+    if cfg.algorithm not in ("saferlhf", "repo"):
+        raise BenchError(f"[methods.{name}] algorithm must be 'saferlhf' or 'repo', got '{cfg.algorithm}'")
+    return cfg
 
 
 def rl_method(run, name: str, params: dict) -> list:
     """`saferlhf` / `repo`: reward model, cost model (stages shared by both), then PPO from the SFT model."""
-    from safealign.methods.training import from_dict
-    cfg = from_dict(PPOConfig, run.method_settings(name, params), f"methods.{name}")
+    cfg = rl_config(run, name, params)
     scores = score_models(run, cfg)
-    stage = run.store.run("rl", {"ppo": asdict(cfg), "seed": run.seed, "limit": run.limit, "template": run.template},
-                          {"sft": run.reference, "reward": scores["reward"], "cost": scores["cost"],
-                           "data": run.data_stage},
-                          lambda w: train_ppo(cfg, run.reference.model, scores["reward"].model, scores["cost"].model,
-                                              run.rows("train"), run.template, w, run.seed), label=name)
-    return [(name, stage)]
+    return [(name, run.stage("rl", "safealign.methods.ppo:rl_stage", {"ppo": asdict(cfg), "seed": run.seed,
+                             "limit": run.limit, "template": run.template},
+                             {"sft": run.reference, "reward": scores["reward"], "cost": scores["cost"],
+                              "data": run.data_stage}, name))]
+
+
+def rl_stage(job) -> None:
+    from safealign.methods.training import from_dict
+    from safealign.pipeline import train_rows
+    c, i = job.config, job.inputs
+    train_ppo(from_dict(PPOConfig, c["ppo"], "ppo"), i["sft"].model, i["reward"].model, i["cost"].model,
+              train_rows(job), c["template"], job.work, c["seed"])
 
 
 def rl_target(run, name: str, params: dict) -> list:
@@ -337,8 +363,7 @@ def rl_target(run, name: str, params: dict) -> list:
     import numpy as np
 
     from safealign.exact import LAMBDA_CAP, solve_lambda
-    from safealign.methods.training import from_dict
-    cfg = from_dict(PPOConfig, run.method_settings(name, params), f"methods.{name}")
+    cfg = rl_config(run, name, params)
     logp_ref, r, g = run.exact_arrays()
     per_prompt = cfg.algorithm == "repo"
     lam = solve_lambda(logp_ref, r, g, cfg.kl_coeff, -cfg.threshold, normalised=True, per_prompt=per_prompt)

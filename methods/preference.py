@@ -122,16 +122,39 @@ def implicit_reward_accuracy(policy: Path, reference: Path, rows: list[dict], ta
     return float((rewards["chosen"] > rewards["rejected"]).float().mean())
 
 
+def step_config(run, name: str, params: dict, defaults: bool = True) -> StepConfig:
+    """[train], then the method's settings (registry defaults and its [methods.<name>] section unless `defaults`
+    is False), then `params`; checked before anything runs."""
+    merged = {**run.config.get("train", {}), **(run.method_settings(name, params) if defaults else params)}
+    cfg = StepConfig.from_dict(merged, f"methods.{name}")
+    if cfg.loss not in LOSSES or cfg.target not in TARGETS:
+        raise BenchError(f"[methods.{name}]: loss must be one of {LOSSES} and target one of {TARGETS}")
+    return cfg
+
+
+def align_stage(job) -> None:
+    """The `align` stage: train inputs.policy against the frozen inputs.reference on the data's training pairs, or
+    on the pseudo-labelled pairs of a `dual` input (MoCAN)."""
+    from safealign.pipeline import train_rows
+    from safealign.stages import read_jsonl
+    c = job.config
+    cfg = StepConfig.from_dict(c["step"], "step")
+    dual = job.inputs.get("dual")
+    rows = read_jsonl(dual / "relabelled.jsonl") if dual is not None else train_rows(job)
+    train_step(cfg, job.inputs["policy"].model, job.inputs["reference"].model, rows, c["template"], job.work,
+               c["seed"])
+
+
 def one_step(run, name: str, params: dict) -> list:
     """A one-step method (DPO(H), KTO(H), DPO(S)): a single step from pi_ref with pi_ref as reference."""
-    cfg = run.step_config(name, params)
+    cfg = step_config(run, name, params)
     return [(name, run.align(name, cfg, policy=run.reference, reference=run.reference))]
 
 
 def one_step_target(run, name: str, params: dict) -> list:
     """The optimum a one-step method aims at on the exact benchmark: pi_ref exp(r/beta) for a helpfulness step,
     pi_ref exp(g/beta) for a safety step (DPO §4; KTO is measured against the same point, not its own optimum)."""
-    cfg = run.step_config(name, params)
+    cfg = step_config(run, name, params)
     a, b = (1.0 / cfg.beta, 0.0) if cfg.target == "helpfulness" else (0.0, 1.0 / cfg.beta)
     front = (cfg.beta, False) if cfg.target == "helpfulness" else None     # the front its later steps move along
     return [(name, {"a": a, "b": b, "loss": cfg.loss, "front": front})]

@@ -9,20 +9,29 @@ sweep. Every other key overrides step 2's optimiser settings (the paper's step 2
 """
 from __future__ import annotations
 
+from safealign import BenchError
+from safealign.methods.preference import step_config
+
 SWEEP_KEYS = ("first", "ratios")
+ONE_STEP = "safealign.methods.preference:one_step"
 
 
 def step2_configs(run, name: str, settings: dict) -> list:
     """(beta/lambda, step-2 config) for each point of the sweep; every key but first/ratios is a step-2 setting."""
+    from safealign.registry import METHODS, check_sweep
+    check_sweep(name, settings, "ratios", "first")
+    if settings["first"] not in METHODS or METHODS[settings["first"]].plan != ONE_STEP:
+        raise BenchError(f"[methods.{name}] first = '{settings['first']}' must be a one-step method (dpo-h, kto-h, dpo-s)")
     rest = {k: v for k, v in settings.items() if k not in SWEEP_KEYS}
-    return [(float(r), run.step_config(name, {**rest, "beta": float(r)}, defaults=False)) for r in settings["ratios"]]
+    return [(float(r), step_config(run, name, {**rest, "beta": float(r)}, defaults=False)) for r in settings["ratios"]]
 
 
 def stepwise(run, name: str, params: dict) -> list:
     settings = run.method_settings(name, params)
+    configs = step2_configs(run, name, settings)
     step1 = run.model_of(settings["first"])
     out = []
-    for ratio, cfg in step2_configs(run, name, settings):
+    for ratio, cfg in configs:
         label = f"{name}@{float(ratio):g}"
         # Theorem 1: step 2 starts from the step-1 model AND keeps it, frozen, as its reference.
         out.append((label, run.align(label, cfg, policy=step1, reference=step1)))

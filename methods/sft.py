@@ -28,6 +28,13 @@ def train_sft(cfg: TrainConfig, base: Path, rows: list[dict], template: str, wor
     train_and_save(trainer, tok, work)
 
 
+def sft_stage(job) -> None:
+    from safealign.pipeline import train_rows
+    c = job.config
+    train_sft(TrainConfig.from_dict(c["train"], "sft"), job.inputs["base"].model, train_rows(job), c["template"],
+              job.work, c["seed"])
+
+
 def reference(run, name: str, params: dict) -> list:
     """The `sft` method: the reference policy itself, evaluated like any other model."""
     return [(name, run.reference)]

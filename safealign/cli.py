@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from safealign import BenchError
+from safealign.perf import FIGURES as PERF_FIGURES
 
 
 class Parser(argparse.ArgumentParser):
@@ -28,8 +29,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, help="the reference seed (pi_ref, and the one seed when --seeds is not given)")
     r.add_argument("--seeds", help="repeat every seed-dependent stage for each seed, e.g. 0,1,2 (pi_ref stays shared)")
     r.add_argument("--elo", action="store_true", help="judge every pair of models (not only vs SFT) and report Elo")
+    r.add_argument("--dry-run", action="store_true", help="print the plan (stages cached and to run, estimated time, "
+                   "judge calls and cost) and run nothing")
+    r.add_argument("--executor", default="local", choices=["local", "ray"],
+                   help="local: one stage after another here; ray: independent stages at once as Ray tasks")
+    r.add_argument("--address", help="with --executor ray: a Ray cluster's address (default: start Ray on this machine)")
     r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. methods.dpo-h.beta=0.2 or train.epochs=1 (repeatable)")
+    r.add_argument("--report-to", default="none", metavar="TRACKERS",
+                   help="log training curves to tensorboard, wandb and/or mlflow (comma-separated; default none); "
+                   "TensorBoard files go to each stage's tracking/ folder")
     sub.add_parser("list", help="methods, benchmarks and judges")
     rep = sub.add_parser("report", help="print the summary table of a results folder")
     rep.add_argument("folder", type=Path)
@@ -41,6 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("folder", type=Path)
     cmp_.add_argument("a", help="a method label of the run, e.g. sacpo@0.025")
     cmp_.add_argument("b", help="another, e.g. saferlhf")
+    pf = sub.add_parser("perf", help="the suite's speed figures beside their goals (saved with the machine's description)")
+    pf.add_argument("--only", help="comma-separated figures to measure (default all): " + ", ".join(PERF_FIGURES))
+    pf.add_argument("--quick", action="store_true", help="small cases (seconds, not the README's figures)")
+    pf.add_argument("--out", type=Path, default=Path("results/perf"))
     cv = sub.add_parser("exact-curve", help="exact benchmark: a method's distance to its optimum as the data grows")
     cv.add_argument("--sizes", default="16,64,256", help="preference pairs per prompt, e.g. 16,64,256")
     cv.add_argument("--seeds", default="0,1,2", help="training seeds at each size")
@@ -54,10 +67,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_run(args) -> None:
     from safealign.run import Run
+    from safealign.tracking import set_report_to
+    set_report_to(args.report_to)      # in the environment, not the configs: cache keys stay the same
     overrides = args.overrides + (["judge.all_pairs=true"] if args.elo else [])
     from safealign.run import resolve_seeds
     seeds = resolve_seeds(args.seeds) if args.seeds else None
-    Run(args.benchmark, args.methods, args.out, args.cache, args.limit, args.seed, overrides, seeds=seeds).execute()
+    run = Run(args.benchmark, args.methods, args.out, args.cache, args.limit, args.seed, overrides, seeds=seeds,
+              executor=args.executor, address=args.address, echo=not args.dry_run)
+    if args.dry_run:
+        print(run.dry_run())
+    else:
+        run.execute()
 
 
 def cmd_list(args) -> None:
@@ -93,6 +113,12 @@ def cmd_compare(args) -> None:
     print(compare_folder(args.folder, args.a, args.b))
 
 
+def cmd_perf(args) -> None:
+    from safealign.perf import run_figures
+    names = [n.strip() for n in args.only.split(",")] if args.only else list(PERF_FIGURES)
+    print(run_figures(names, args.quick, args.out))
+
+
 def cmd_exact_curve(args) -> None:
     import pandas as pd
 
@@ -117,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.commands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         {"run": cmd_run, "list": cmd_list, "report": cmd_report, "plot": cmd_plot,
-         "compare": cmd_compare, "exact-curve": cmd_exact_curve}[args.command](args)
+         "compare": cmd_compare, "exact-curve": cmd_exact_curve, "perf": cmd_perf}[args.command](args)
     except BenchError as e:
         print(f"bench: error: {e}", file=sys.stderr)
         return 2

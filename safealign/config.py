@@ -140,7 +140,7 @@ class DiagnosticsConfig:           # RePO's per-prompt view of the constraint, f
 TOP_LEVEL = {"name": str, "version": int, "description": str, "prompt_template": str, "seed": int, "seeds": list}
 SECTIONS = {"data": DataConfig, "world": WorldConfig, "exact": ExactConfig, "policy": PolicyConfig, "judge": JudgeConfig,
             "diagnostics": DiagnosticsConfig,
-            "eval_prompts": dict, "sft": dict, "train": dict, "methods": dict, "generation": dict}
+            "eval_prompts": dict, "sft": dict, "train": dict, "methods": dict, "generation": dict, "resources": dict}
 
 
 def check_sections(config: dict) -> dict:

@@ -101,10 +101,9 @@ def method_rows(run, models: dict) -> list[dict]:
     t = run.exact_table()
     out = []
     for seed in dict.fromkeys(seed for _, seed in models):
-        run.seed = seed
-        run.reference = run.build_reference()         # one per seed only with [policy] sft_per_seed
+        run.seed, run.reference = seed, run.references[seed]     # one per seed only with [policy] sft_per_seed
         out += _rows(run, {label: st for (label, sd), st in models.items() if sd == seed}, seed, t)
-    run.seed = run.ref_seed
+    run.seed, run.reference = run.ref_seed, run.references[run.ref_seed]
     return out
 
 

@@ -6,10 +6,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from safealign import BenchError
+
 
 @dataclass(frozen=True)
 class Method:
-    run: str                   # "module:function"; it takes (run, name, params) and returns [(label, stage)]
+    plan: str                  # "module:function"; it takes (run, name, params), plans the method's stages
+                               # (checking its settings) and returns [(label, spec of the model)]
     paper_row: str             # what it reproduces (SACPO Table 3, win rates vs SFT: helpfulness / harmlessness)
     defaults: dict = field(default_factory=dict)
     sweep: str | None = None   # the setting that `name@a+b` replaces
@@ -61,3 +64,14 @@ METHODS = {
                     "on pairs ranked by r + lambda* g (CAN, REFERENCE §7; not in SACPO's tables)",
                     {"beta": 0.1, "threshold": 0.0}, target="safealign.methods.mocan:mocan_target"),
 }
+
+
+def check_sweep(name: str, settings: dict, sweep: str, *refs: str) -> None:
+    """A sweep is a non-empty list of numbers and the methods it builds on are named by strings."""
+    points = settings[sweep]
+    if not isinstance(points, list) or not points or \
+            not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in points):
+        raise BenchError(f"methods.{name}.{sweep} = {points!r} must be a list of numbers, e.g. [0.1, 0.01]")
+    for ref in refs:
+        if not isinstance(settings[ref], str):
+            raise BenchError(f"methods.{name}.{ref} = {settings[ref]!r} must be a method name, e.g. 'dpo-h'")

@@ -116,14 +116,17 @@ class Store:
         self.tag = ""          # appended to stage labels in the log, e.g. " seed 2" while building seed 2's models
 
     def key(self, name: str, config: dict, inputs: dict[str, Stage]) -> str:
-        return digest({"stage": name, "config": config, "inputs": {k: v.key for k, v in inputs.items()},
-                       "code": CODE_VERSION, **({"version": STAGE_VERSIONS[name]} if name in STAGE_VERSIONS else {})})
+        return stage_key(name, config, {k: v.key for k, v in inputs.items()})
 
     def run(self, name: str, config: dict, inputs: dict[str, Stage], fn: Callable[[Path], None],
             label: str | None = None) -> Stage:
         """Return the finished stage, computing it with fn(work_dir) only when it is not already done."""
+        return self.compute(name, self.key(name, config, inputs), config, inputs, fn, label)
+
+    def compute(self, name: str, key: str, config: dict, inputs: dict[str, Stage], fn: Callable[[Path], None],
+                label: str | None = None) -> Stage:
+        """The stage `name/key`: found finished, or built by fn(work) in `<key>.partial/` and renamed into place."""
         label = (label or name) + self.tag
-        key = self.key(name, config, inputs)
         final = self.root / name / key
         if (final / "stage.json").exists():
             self.log(f"stage {label} [{name}/{key}] cached")
@@ -148,3 +151,9 @@ class Store:
         self.log(f"stage {label} [{name}/{key}] computed in {record['seconds']:.1f}s")
         self.computed.append(label)
         return Stage(final)
+
+
+def stage_key(name: str, config: dict, input_keys: dict[str, str]) -> str:
+    """A stage's identity: its kind, the config its function receives, and the keys of its inputs."""
+    return digest({"stage": name, "config": config, "inputs": input_keys, "code": CODE_VERSION,
+                   **({"version": STAGE_VERSIONS[name]} if name in STAGE_VERSIONS else {})})
