@@ -3,7 +3,9 @@
 score-model judge and the GPT-4 judge are interchangeable in a run."""
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from safealign import BenchError
 from safealign import world
@@ -32,17 +34,25 @@ class Verdict:
 
 
 class Judge:
-    """The protocol every judge follows, so a run never looks inside one (safealign/run.py, safealign/pipeline.py):
+    """The protocol every judge follows, so a run never looks inside one (safealign/run.py, safealign/pipeline.py).
+    Every judge derives from this class (one level); make_judge builds one by name.
 
-    - judge(items) -> one Verdict per Comparison (required);
-    - record() -> everything the verdicts depend on, JSON-able and free of secrets: a judging stage is keyed on it;
-    - metrics(gens) -> extra per-model figures for the summary ({} if none);
-    - costs(prompts, answers) -> a cost per answer (> threshold unsafe) where the judge has a cost model
-      (has_costs), for the per-prompt constraint view;
-    - estimate_cost(comparisons, answer_tokens) -> USD a plan's comparisons would cost at most;
-    - close() at the end of a run; usage: None, or counters with as_dict() / add(dict) (judge stages may run in
-      other processes: each saves what it spent and the run adds it up);
-    - repetitions, failed_as_tie: the judge's defaults, which a benchmark's [judge] section may override."""
+    - judge(items: list[Comparison]) -> list[Verdict]: one verdict per comparison, in order (required);
+    - stream(items, batch_size=32) -> iterator of (index into items, Verdict), in the order they are decided:
+      what eval/judging.py run_judgments writes from, a line as each verdict comes. By default judge() on
+      chunks of batch_size; a judge that waits on a server (OpenAIJudge) overrides it to keep all its
+      `concurrency` requests busy instead of waiting for the slowest of each chunk;
+    - record() -> dict: everything the verdicts depend on, JSON-serialisable and free of secrets (never an API
+      key): a judging stage is keyed on it;
+    - metrics(gens: dict) -> dict: extra per-model figures for the summary ({} if none);
+    - costs(prompts, answers) -> list[float]: a cost per answer (> threshold unsafe) where the judge has a cost
+      model (has_costs), for the per-prompt constraint view;
+    - estimate_cost(comparisons, answer_tokens) -> float: USD a plan's comparisons would cost at most;
+    - close() -> None: at the end of a run (the OpenAI judge logs its usage line);
+    - usage: None, or counters with as_dict() -> dict and add(counts: dict) -> None (judge stages may run in
+      other processes: each saves as_dict() in its stage folder and the run add()s them up);
+    - repetitions: int, failed_as_tie: bool: the judge's defaults, which a benchmark's [judge] section may
+      override."""
 
     repetitions: int = 1
     failed_as_tie: bool = False
@@ -51,6 +61,10 @@ class Judge:
 
     def judge(self, items: list[Comparison]) -> list[Verdict]:
         raise NotImplementedError
+
+    def stream(self, items: list[Comparison], batch_size: int = 32) -> Iterator[tuple[int, Verdict]]:
+        for start in range(0, len(items), batch_size):
+            yield from enumerate(self.judge(items[start:start + batch_size]), start)
 
     def record(self) -> dict:
         return {}
@@ -203,19 +217,46 @@ class ExactJudge(Judge):
         return out
 
 
-JUDGES = {
+JUDGES = {           # judges that are classes; every judge_configs/<name>.toml is a judge <name> besides
     "oracle": OracleJudge,
     "exact": ExactJudge,
     "score-model": ScoreModelJudge,
-    "gpt4": "judge_configs/gpt4.toml",      # a judge described by a config file (see that file)
 }
 
 
-def judge_config_path(name: str):
-    from importlib import resources
-    from pathlib import Path
-    if isinstance(JUDGES.get(name), str):
-        return Path(str(resources.files("safealign.eval").joinpath(JUDGES[name])))
+def judge_configs(folder: Path | None = None) -> dict[str, Path]:
+    """name -> config file for every <name>.toml in `folder` (default: the package's judge_configs/), so a config
+    dropped there is a judge without a code change. A name of a class judge (JUDGES) stays that class."""
+    if folder is None:
+        from importlib import resources
+        folder = Path(str(resources.files("safealign.eval").joinpath("judge_configs")))
+    return {p.stem: p for p in sorted(Path(folder).glob("*.toml")) if p.stem not in JUDGES}
+
+
+def judge_names(folder: Path | None = None) -> dict[str, str]:
+    """Every judge make_judge knows by name, with a one-line description (for `bench list`)."""
+    names = {name: (cls.__doc__ or "").strip().splitlines()[0] for name, cls in JUDGES.items()}
+    for name, path in judge_configs(folder).items():
+        names[name] = f"config file judge_configs/{path.name} ({_config_summary(path)})"
+    return names
+
+
+def _config_summary(path: Path) -> str:
+    import tomllib
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as e:       # one broken file must not hide the other judges
+        return f"unreadable: {str(e).splitlines()[0]}"
+    return f"{data.get('kind', 'openai')} model {data.get('model', '?')}"
+
+
+def judge_config_path(name: str) -> Path | None:
+    """The config file of judge `name`: a judge_configs/<name>.toml, or `name` itself when it is a .toml path."""
+    if name in JUDGES:
+        return None
+    found = judge_configs().get(name)
+    if found is not None:
+        return found
     if name.endswith(".toml"):
         path = Path(name)
         if not path.exists():
@@ -226,9 +267,10 @@ def judge_config_path(name: str):
 
 def make_judge(name: str, settings: dict | None = None, cache_dir=None, log=print, template: str | None = None,
                world: dict | None = None):
-    """A judge by name ('oracle', 'exact', 'score-model', 'gpt4') or by the path of a judge config file. `template`
-    (the run's prompt_template) is what the score-model judge formats prompts with when its settings give none;
-    `world` (the run's [exact] section) is the exact judge's table when its settings give none."""
+    """A judge by name (judge_names(): 'oracle', 'exact', 'score-model', and one per judge_configs/*.toml, 'gpt4'
+    among them) or by the path of a judge config file. `template` (the run's prompt_template) is what the
+    score-model judge formats prompts with when its settings give none; `world` (the run's [exact] section) is
+    the exact judge's table when its settings give none."""
     if name == "score-model" and template is not None and "template" not in (settings or {}):
         settings = {**(settings or {}), "template": template}
     if name == "exact" and world is not None and not settings:
@@ -238,7 +280,8 @@ def make_judge(name: str, settings: dict | None = None, cache_dir=None, log=prin
         from safealign.eval.openai_judge import OpenAIJudge, load_config
         return OpenAIJudge(load_config(path, settings), cache_dir, log)
     if name not in JUDGES:
-        raise BenchError(f"unknown judge '{name}': choose one of {', '.join(JUDGES)} or give a judge .toml path")
+        raise BenchError(f"unknown judge '{name}': choose one of {', '.join(judge_names())} or give a judge .toml "
+                         "path")
     try:
         return JUDGES[name](**(settings or {}))
     except TypeError as e:

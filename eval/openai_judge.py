@@ -14,13 +14,15 @@ new attempt) and, after `parse_retries`, recorded as a failure: never silently a
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
 import string
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -147,6 +149,7 @@ class OpenAIJudge(Judge):
         self.usage.owner = self      # not a dataclass field: Usage.record reads the cache through it
         self._lock = threading.Lock()
         self._key_locks: dict[str, threading.Lock] = {}
+        self._pool: ThreadPoolExecutor | None = None       # made on first use, kept until close()
         import openai
         # Retries are ours (counted, logged, honouring retry-after), so the client's own are off.
         self.client = openai.OpenAI(max_retries=0, timeout=cfg.timeout)
@@ -292,14 +295,53 @@ class OpenAIJudge(Judge):
             self.usage.completion_tokens += int(usage.get("completion_tokens", 0))
 
     def judge(self, items: list[Comparison]) -> list[Verdict]:
+        out: list = [None] * len(items)
+        for i, v in self.stream(items):
+            out[i] = v
+        return out
+
+    def stream(self, items: list[Comparison], batch_size: int = 32) -> Iterator[tuple[int, Verdict]]:
+        """(index, verdict) as each one is decided. Online, the items flow through one pool of `concurrency`
+        threads: a thread that finishes starts the next request at once, so no chunk waits for its slowest
+        request, and never more than `concurrency` requests are in flight (batch_size plays no part). In batch
+        mode all items are one Batch API job, not one job per chunk of batch_size."""
         if self.cfg.mode == "batch":
             from safealign.eval.openai_batch import judge_batch
-            return judge_batch(self, items)
-        with ThreadPoolExecutor(max_workers=self.cfg.concurrency) as pool:
-            return list(pool.map(lambda c: self.verdict(c, self.call), items))
+            yield from enumerate(judge_batch(self, items))
+            return
+        pool, todo = self._executor(), iter(enumerate(items))
+        pending: dict = {}
+        try:
+            while True:
+                # A window of twice the cap: a thread that finishes finds the next item already queued, and
+                # each wait() looks at a few futures, not at every item of a long list.
+                for i, c in itertools.islice(todo, 2 * self.cfg.concurrency - len(pending)):
+                    pending[pool.submit(self.verdict, c, self.call)] = i
+                if not pending:
+                    return
+                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    yield pending.pop(fut), fut.result()
+        finally:
+            # Future.cancel() stops a request that has not started (a caller gave up, or a 401 was raised);
+            # those already on the wire finish and land in the call cache, so nothing paid is lost.
+            for fut in pending:
+                fut.cancel()
+
+    def _executor(self) -> ThreadPoolExecutor:
+        """One pool for the judge's life, shared by concurrent callers: the cap is per judge, and threads are
+        not started anew for every call."""
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=self.cfg.concurrency, thread_name_prefix="judge")
+            return self._pool
 
     def close(self) -> None:
         self.log(self.usage.line(self.cfg))
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _retry_after(error, default: float) -> float:

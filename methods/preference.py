@@ -59,13 +59,20 @@ def kto_rows(rows: list[dict], target: str, template: str) -> tuple[list[dict], 
 
 
 def make_trainer(cfg: StepConfig, policy: Path, reference: Path, rows: list[dict], template: str, work: Path,
-                 seed: int):
-    """A TRL trainer for one step: `policy` is trained, `reference` is loaded separately and stays frozen."""
+                 seed: int, ref_logps: list[dict] | None = None):
+    """A TRL trainer for one step: `policy` is trained, `reference` is loaded separately and stays frozen. With
+    `ref_logps` (a DPO step's reference log-probabilities, from reference_logps) the reference is never loaded."""
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer
 
     from safealign.models import load_policy
     model, tok = load_policy(policy, for_training=True)
+    if cfg.loss == "dpo" and ref_logps is not None:
+        args = trainer_args(DPOConfig, cfg, work, seed, beta=cfg.beta, loss_type=["sigmoid"],
+                            precompute_ref_log_probs=True)
+        data = Dataset.from_list(with_ref_logps(dpo_pairs(rows, cfg.target, template), ref_logps))
+        return shared_reference_trainer()(model=model, ref_model=None, args=args, train_dataset=data,
+                                          processing_class=tok), tok
     ref, _ = load_policy(reference)
     if cfg.loss == "dpo":
         args = trainer_args(DPOConfig, cfg, work, seed, beta=cfg.beta, loss_type=["sigmoid"])
@@ -79,10 +86,74 @@ def make_trainer(cfg: StepConfig, policy: Path, reference: Path, rows: list[dict
 
 
 def train_step(cfg: StepConfig, policy: Path, reference: Path, rows: list[dict], template: str, work: Path,
-               seed: int) -> None:
+               seed: int, ref_logps: list[dict] | None = None) -> None:
     """Train `policy` against the frozen `reference` and save the result to work/model."""
-    trainer, tok = make_trainer(cfg, policy, reference, rows, template, work, seed)
+    trainer, tok = make_trainer(cfg, policy, reference, rows, template, work, seed, ref_logps)
     train_and_save(trainer, tok, work)
+
+
+# -- a sweep's shared reference (issue 11) ---------------------------------------------------------------------
+# Every point of a step-2 sweep trains on the same pairs against the same frozen step-1 model, so the reference's
+# log-probabilities are one computation: TRL's own precompute pass (DPOConfig precompute_ref_log_probs) runs once
+# in a `ref-logps` stage, and each point reads them from its dataset instead of running the reference every step.
+REF_KEYS = ("target", "max_length", "batch_size")     # all the reference pass depends on (the batch: its padding)
+
+
+def reference_logps(cfg: StepConfig, reference: Path, rows: list[dict], template: str, work: Path) -> list[dict]:
+    """[{pair, chosen, rejected}]: log pi_ref of each pair's chosen and rejected answer (summed over the answer's
+    tokens, as DPOTrainer computes them), for the pairs TRL keeps (it drops prompts longer than max_length)."""
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    from safealign.models import load_policy
+    model, tok = load_policy(reference)
+    args = trainer_args(DPOConfig, cfg, work, 0, beta=cfg.beta, loss_type=["sigmoid"], precompute_ref_log_probs=True)
+    pairs = [{**p, "pair": i} for i, p in enumerate(dpo_pairs(rows, cfg.target, template))]
+    trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=Dataset.from_list(pairs),
+                         processing_class=tok)       # the precompute pass runs as the trainer is built
+    ds = trainer.train_dataset
+    return [{"pair": int(i), "chosen": float(a), "rejected": float(b)}
+            for i, a, b in zip(ds["pair"], ds["ref_chosen_logps"], ds["ref_rejected_logps"])]
+
+
+def with_ref_logps(pairs: list[dict], ref_logps: list[dict]) -> list[dict]:
+    """The pairs the reference pass kept, each with its two log-probabilities as DPOTrainer's columns."""
+    if ref_logps and (len(ref_logps) > len(pairs) or max(r["pair"] for r in ref_logps) >= len(pairs)):
+        raise BenchError(f"reference log-probabilities of {len(ref_logps)} pairs do not fit these {len(pairs)} "
+                         "training pairs: the ref-logps stage was computed on other data")
+    return [{**pairs[r["pair"]], "ref_chosen_logps": r["chosen"], "ref_rejected_logps": r["rejected"]}
+            for r in ref_logps]
+
+
+def shared_reference_trainer():
+    """DPOTrainer whose precompute pass keeps the reference log-probabilities that came with the dataset."""
+    from trl import DPOTrainer
+
+    class SharedReferenceDPOTrainer(DPOTrainer):
+        def _precompute_ref_logps(self, dataset, name, batch_size):
+            if "ref_chosen_logps" in dataset.column_names:
+                return dataset
+            return super()._precompute_ref_logps(dataset, name, batch_size)
+    return SharedReferenceDPOTrainer
+
+
+def ref_logps_stage(job) -> None:
+    """The `ref-logps` stage: inputs.reference's log-probabilities of the data's training pairs (reference_logps)."""
+    from safealign.pipeline import train_rows
+    from safealign.stages import write_jsonl
+    c = job.config
+    cfg = StepConfig.from_dict(c["step"], "step")
+    write_jsonl(job.work / "ref_logps.jsonl",
+                reference_logps(cfg, job.inputs["reference"].model, train_rows(job), c["template"], job.work))
+
+
+def plan_reference_logps(run, cfg: StepConfig, reference):
+    """The `ref-logps` stage of a DPO step against `reference`: keyed on REF_KEYS only, so every beta/lambda (and
+    every method that re-plans the same step, P-SACPO's sacpo@0.01) finds the one stage."""
+    step = {k: getattr(cfg, k) for k in REF_KEYS}
+    return run.stage("ref-logps", "safealign.methods.preference:ref_logps_stage",
+                     {"step": step, "template": run.template, "limit": run.limit},
+                     {"reference": reference, "data": run.data_stage}, f"reference log-probs ({reference.label})")
 
 
 def sequence_logps(model, tok, prompts: list[str], completions: list[str], batch_size: int = 64):
@@ -141,8 +212,9 @@ def align_stage(job) -> None:
     cfg = StepConfig.from_dict(c["step"], "step")
     dual = job.inputs.get("dual")
     rows = read_jsonl(dual / "relabelled.jsonl") if dual is not None else train_rows(job)
+    shared = job.inputs.get("ref_logps")
     train_step(cfg, job.inputs["policy"].model, job.inputs["reference"].model, rows, c["template"], job.work,
-               c["seed"])
+               c["seed"], read_jsonl(shared / "ref_logps.jsonl") if shared is not None else None)
 
 
 def one_step(run, name: str, params: dict) -> list:

@@ -10,7 +10,7 @@ sweep. Every other key overrides step 2's optimiser settings (the paper's step 2
 from __future__ import annotations
 
 from safealign import BenchError
-from safealign.methods.preference import step_config
+from safealign.methods.preference import plan_reference_logps, step_config
 
 SWEEP_KEYS = ("first", "ratios")
 ONE_STEP = "safealign.methods.preference:one_step"
@@ -33,8 +33,10 @@ def stepwise(run, name: str, params: dict) -> list:
     out = []
     for ratio, cfg in configs:
         label = f"{name}@{float(ratio):g}"
-        # Theorem 1: step 2 starts from the step-1 model AND keeps it, frozen, as its reference.
-        out.append((label, run.align(label, cfg, policy=step1, reference=step1)))
+        # Theorem 1: step 2 starts from the step-1 model AND keeps it, frozen, as its reference; a DPO step reads
+        # that reference's log-probabilities from one stage shared by the whole sweep (TRL's KTO has no such input).
+        shared = {"ref_logps": plan_reference_logps(run, cfg, step1)} if cfg.loss == "dpo" else {}
+        out.append((label, run.align(label, cfg, policy=step1, reference=step1, **shared)))
     return out
 
 

@@ -74,11 +74,13 @@ def type_name(hint) -> str:
 
 def trainer_args(cls, cfg: TrainConfig, work: Path, seed: int, **extra):
     import torch
+
+    from safealign.tracking import trainer_report_to    # off unless --report-to; a TensorBoard folder that stays
     return cls(output_dir=str(work / "trainer"), num_train_epochs=cfg.epochs, learning_rate=cfg.learning_rate,
                per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
                lr_scheduler_type=cfg.lr_scheduler, warmup_steps=float(cfg.warmup_ratio), max_length=cfg.max_length,
                seed=seed, data_seed=seed, logging_steps=5, save_strategy="steps", save_steps=cfg.save_steps,
-               save_total_limit=1, report_to="none", use_cpu=not torch.cuda.is_available(),
+               save_total_limit=1, report_to=trainer_report_to(work), use_cpu=not torch.cuda.is_available(),
                bf16=cfg.bf16 and torch.cuda.is_available(), disable_tqdm=False, **extra)
 
 

@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     pf.add_argument("--only", help="comma-separated figures to measure (default all): " + ", ".join(PERF_FIGURES))
     pf.add_argument("--quick", action="store_true", help="small cases (seconds, not the README's figures)")
     pf.add_argument("--out", type=Path, default=Path("results/perf"))
+    pf.add_argument("--executor", default="local", choices=["local", "ray"], help="for the end-to-end figure")
     cv = sub.add_parser("exact-curve", help="exact benchmark: a method's distance to its optimum as the data grows")
     cv.add_argument("--sizes", default="16,64,256", help="preference pairs per prompt, e.g. 16,64,256")
     cv.add_argument("--seeds", default="0,1,2", help="training seeds at each size")
@@ -114,7 +115,10 @@ def cmd_compare(args) -> None:
 
 
 def cmd_perf(args) -> None:
+    import os
+
     from safealign.perf import run_figures
+    os.environ["SAFEALIGN_PERF_EXECUTOR"] = args.executor
     names = [n.strip() for n in args.only.split(",")] if args.only else list(PERF_FIGURES)
     print(run_figures(names, args.quick, args.out))
 

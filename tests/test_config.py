@@ -53,8 +53,18 @@ def test_shipped_benchmarks_pass_the_checks():
     from safealign.config import benchmark_names, check_sections, load_benchmark
     for name in benchmark_names():
         typed = check_sections(load_benchmark(name))
-        from safealign.eval.judges import JUDGES
-        assert typed["judge"].name in JUDGES
+        from safealign.eval.judges import judge_names
+        assert typed["judge"].name in judge_names()
+
+
+def test_a_judge_config_dropped_in_the_folder_is_a_judge_by_name(tmp_path):
+    from safealign.eval.judges import JUDGES, judge_configs, judge_names
+    shipped = judge_configs()
+    assert "gpt4" in shipped and not set(shipped) & set(JUDGES)
+    (tmp_path / "my-judge.toml").write_text('model = "llama-judge"\n')
+    (tmp_path / "broken.toml").write_text("model = \n")
+    names = judge_names(tmp_path)
+    assert set(JUDGES) <= set(names) and "llama-judge" in names["my-judge"] and "unreadable" in names["broken"]
 
 
 def test_override_of_a_section_the_file_leaves_to_defaults(tmp_path):

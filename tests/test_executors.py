@@ -7,13 +7,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import ray        # a dev dependency: without it these tests fail, never skip
 
 from conftest import bench_run
 from safealign.executors import execute
 from safealign.plan import Graph, Spec
 from safealign.stages import RunLog, Store
-
-ray = pytest.importorskip("ray")
 TESTS = str(Path(__file__).parent)
 
 

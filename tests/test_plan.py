@@ -32,6 +32,8 @@ def test_the_plan_is_plain_data_keyed_by_what_each_stage_receives(tmp_path):
     step2 = [s for s in specs if s.label.startswith("sacpo@")]
     dpo_h = next(s for s in specs if s.label == "dpo-h")
     assert len(step2) == 4 and all(s.inputs["policy"] == s.inputs["reference"] == dpo_h.key for s in step2)
+    shared, = [s for s in specs if s.kind == "ref-logps"]      # the sweep's one reference pass, on DPO(H)
+    assert shared.inputs["reference"] == dpo_h.key and all(s.inputs["ref_logps"] == shared.key for s in step2)
     assert not any(p.exists() for p in (tmp_path / "cache").glob("*/*"))      # planning ran nothing
 
 

@@ -44,3 +44,33 @@ def test_second_step_reference_is_the_frozen_step1_model(tmp_path, loss):
     assert torch.equal(ref_logps, sequence_logps(fresh, tok, prompts, texts))
     trainer.model.eval()
     assert not torch.allclose(sequence_logps(trainer.model, tok, prompts, texts), ref_logps)
+
+
+def test_shared_reference_logps_are_the_references_and_train_as_the_reference_beside_the_policy(tmp_path):
+    """Sweep sharing: the reflogps pass gives log pi_ref of every pair (equal to our own sequence_logps of the
+    reference), and a DPO step reading them takes the same steps as one running the reference in every batch:
+    the same losses (to float noise: only the batching of the reference pass differs) and weights."""
+    import json
+
+    from safealign.methods.preference import reference_logps, train_step
+    from safealign.models import load_policy
+    step1 = tiny_model(tmp_path / "step1")
+    rows, template = world.build()["train"][:48], "USER: {input} ASSISTANT:"
+    cfg = StepConfig(target="safety", beta=0.05, epochs=1, learning_rate=1e-3, batch_size=8, max_length=512,
+                     save_steps=1000)       # no pair truncated, so sequence_logps (which never truncates) compares
+    table = reference_logps(cfg, step1, rows, template, tmp_path / "ref")
+    assert [r["pair"] for r in table] == list(range(48))
+    pairs = dpo_pairs(rows, "safety", template)
+    ref, tok = load_policy(step1)
+    for side in ("chosen", "rejected"):
+        ours = sequence_logps(ref, tok, [p["prompt"] for p in pairs], [p[side] for p in pairs])
+        assert torch.allclose(torch.tensor([r[side] for r in table]), ours, atol=1e-4)
+    train_step(cfg, step1, step1, rows, template, tmp_path / "inline", seed=0)
+    train_step(cfg, step1, step1, rows, template, tmp_path / "shared", seed=0, ref_logps=table)
+    losses = {w: [h["loss"] for h in json.loads((tmp_path / w / "log_history.json").read_text()) if "loss" in h]
+              for w in ("inline", "shared")}
+    assert len(losses["inline"]) >= 1 and losses["shared"] == pytest.approx(losses["inline"], abs=1e-4)
+    a, b = (load_policy(tmp_path / w / "model")[0].state_dict() for w in ("inline", "shared"))
+    assert all(torch.allclose(a[k], b[k], atol=1e-4) for k in a)
+    with pytest.raises(BenchError, match="other data"):
+        train_step(cfg, step1, step1, rows[:10], template, tmp_path / "bad", seed=0, ref_logps=table)
