@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from safealign import BenchError
-from safealign.methods.training import TrainConfig, train_and_save, trainer_args
+from safealign.methods.training import TrainConfig, peft_kwargs, train_and_save, trainer_args
 
 LOSSES = ("dpo", "kto")
 TARGETS = ("helpfulness", "safety")
@@ -66,23 +66,28 @@ def make_trainer(cfg: StepConfig, policy: Path, reference: Path, rows: list[dict
     from trl import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer
 
     from safealign.models import load_policy
+    peft = peft_kwargs(cfg)
+    if peft and Path(policy) != Path(reference):
+        raise BenchError(f"LoRA (lora_rank = {cfg.lora_rank}) needs the step to start from its own reference (the "
+                         "reference is the policy with its adapters off): set lora_rank = 0 for this step")
     model, tok = load_policy(policy, for_training=True)
     if cfg.loss == "dpo" and ref_logps is not None:
         args = trainer_args(DPOConfig, cfg, work, seed, beta=cfg.beta, loss_type=["sigmoid"],
                             precompute_ref_log_probs=True)
         data = Dataset.from_list(with_ref_logps(dpo_pairs(rows, cfg.target, template), ref_logps))
         return shared_reference_trainer()(model=model, ref_model=None, args=args, train_dataset=data,
-                                          processing_class=tok), tok
-    ref, _ = load_policy(reference)
+                                          processing_class=tok, **peft), tok
+    ref = None if peft else load_policy(reference)[0]
     if cfg.loss == "dpo":
         args = trainer_args(DPOConfig, cfg, work, seed, beta=cfg.beta, loss_type=["sigmoid"])
         data = Dataset.from_list(dpo_pairs(rows, cfg.target, template))
-        return DPOTrainer(model=model, ref_model=ref, args=args, train_dataset=data, processing_class=tok), tok
+        return DPOTrainer(model=model, ref_model=ref, args=args, train_dataset=data, processing_class=tok,
+                          **peft), tok
     examples, undesirable_weight = kto_rows(rows, cfg.target, template)
     args = trainer_args(KTOConfig, cfg, work, seed, beta=cfg.beta, undesirable_weight=undesirable_weight)
     # KTO reads its batches in order (the KL term pairs neighbours), so the shuffle happens here, seeded.
     data = Dataset.from_list(examples).shuffle(seed=seed)
-    return KTOTrainer(model=model, ref_model=ref, args=args, train_dataset=data, processing_class=tok), tok
+    return KTOTrainer(model=model, ref_model=ref, args=args, train_dataset=data, processing_class=tok, **peft), tok
 
 
 def train_step(cfg: StepConfig, policy: Path, reference: Path, rows: list[dict], template: str, work: Path,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from safealign.methods.training import TrainConfig, train_and_save, trainer_args
+from safealign.methods.training import TrainConfig, peft_kwargs, train_and_save, trainer_args
 
 
 def sft_rows(rows: list[dict], template: str) -> list[dict]:
@@ -24,7 +24,7 @@ def train_sft(cfg: TrainConfig, base: Path, rows: list[dict], template: str, wor
     model, tok = load_policy(base, for_training=True)
     args = trainer_args(SFTConfig, cfg, work, seed, completion_only_loss=True)
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(sft_rows(rows, template)),
-                         processing_class=tok)
+                         processing_class=tok, **peft_kwargs(cfg))
     train_and_save(trainer, tok, work)
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from safealign import BenchError
@@ -22,6 +22,10 @@ class TrainConfig:
     max_length: int = 512
     save_steps: int = 200
     bf16: bool = False
+    gradient_checkpointing: bool = True   # TRL's default, for 7B models; on a tiny model only ~20% more compute
+    lora_rank: int = 0            # > 0: train LoRA adapters of this rank (peft) on lora_modules, merged when saved
+    lora_alpha: float = 16.0
+    lora_modules: list = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
 
     @classmethod
     def from_dict(cls, params: dict, where: str):
@@ -81,17 +85,33 @@ def trainer_args(cls, cfg: TrainConfig, work: Path, seed: int, **extra):
                lr_scheduler_type=cfg.lr_scheduler, warmup_steps=float(cfg.warmup_ratio), max_length=cfg.max_length,
                seed=seed, data_seed=seed, logging_steps=5, save_strategy="steps", save_steps=cfg.save_steps,
                save_total_limit=1, report_to=trainer_report_to(work), use_cpu=not torch.cuda.is_available(),
-               bf16=cfg.bf16 and torch.cuda.is_available(), disable_tqdm=False, **extra)
+               bf16=cfg.bf16 and torch.cuda.is_available(), gradient_checkpointing=cfg.gradient_checkpointing,
+               disable_tqdm=False, **extra)
+
+
+def peft_kwargs(cfg: TrainConfig) -> dict:
+    """{"peft_config": ...} for a TRL trainer when cfg trains LoRA adapters, else {}. TRL's preference trainers
+    then need no reference model: the reference is the policy with its adapters off."""
+    if cfg.lora_rank <= 0:
+        return {}
+    from peft import LoraConfig
+    return {"peft_config": LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
+                                      target_modules=list(cfg.lora_modules), task_type="CAUSAL_LM")}
 
 
 def train_and_save(trainer, tokenizer, work: Path) -> None:
     """Train (resuming from the newest checkpoint of an interrupted attempt), then save the final model
-    and the loss curve; the bulky checkpoints go once the model is saved."""
+    and the loss curve; the bulky checkpoints go once the model is saved. Adapters are merged into the weights
+    first, so every later stage (a second step, a merge, generation) reads a plain checkpoint."""
     ckpt_dir = work / "trainer"
     resume = ckpt_dir.exists() and any(ckpt_dir.glob("checkpoint-*"))
     quiet_progress(trainer)
     trainer.train(resume_from_checkpoint=True if resume else None)
-    trainer.save_model(str(work / "model"))
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if hasattr(model, "merge_and_unload"):                   # a peft model
+        model.merge_and_unload().save_pretrained(str(work / "model"))
+    else:
+        trainer.save_model(str(work / "model"))
     tokenizer.save_pretrained(str(work / "model"))
     (work / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
     shutil.rmtree(ckpt_dir, ignore_errors=True)

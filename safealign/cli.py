@@ -55,6 +55,20 @@ def build_parser() -> argparse.ArgumentParser:
     pf.add_argument("--quick", action="store_true", help="small cases (seconds, not the README's figures)")
     pf.add_argument("--out", type=Path, default=Path("results/perf"))
     pf.add_argument("--executor", default="local", choices=["local", "ray"], help="for the end-to-end figure")
+    gp = sub.add_parser("plan", help="memory per GPU and GPU-hours of every stage of a run, before it runs")
+    gp.add_argument("--benchmark", default="paper")
+    gp.add_argument("--methods", default="sacpo,saferlhf")
+    gp.add_argument("--gpus", type=int, default=8)
+    gp.add_argument("--gpu-memory", type=float, default=80.0, help="GiB per GPU")
+    gp.add_argument("--strategy", default="fsdp", help="ddp | fsdp | zero3 | zero3-offload | lora | qlora")
+    gp.add_argument("--gpu-tflops", type=float, default=312.0, help="peak dense bf16 TFLOP/s (A100 312, H100 989)")
+    gp.add_argument("--mfu", type=float, default=0.4, help="the share of that peak the run reaches")
+    gp.add_argument("--gpu-bandwidth", type=float, default=2.0, help="TB/s of GPU memory (A100 2.0, H100 3.35)")
+    gp.add_argument("--no-checkpointing", action="store_true", help="without activation checkpointing")
+    gp.add_argument("--lora-rank", type=int, default=16)
+    gp.add_argument("--seeds", help="as for bench run")
+    gp.add_argument("--cache", type=Path)
+    gp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     cv = sub.add_parser("exact-curve", help="exact benchmark: a method's distance to its optimum as the data grows")
     cv.add_argument("--sizes", default="16,64,256", help="preference pairs per prompt, e.g. 16,64,256")
     cv.add_argument("--seeds", default="0,1,2", help="training seeds at each size")
@@ -83,7 +97,7 @@ def cmd_run(args) -> None:
 
 def cmd_list(args) -> None:
     from safealign.config import benchmark_names, load_benchmark
-    from safealign.eval.judges import JUDGES
+    from safealign.eval.judges import judge_names
     from safealign.registry import METHODS
     print("methods:")
     for name, m in METHODS.items():
@@ -93,8 +107,7 @@ def cmd_list(args) -> None:
     for name in benchmark_names():
         print(f"  {name:<14} {load_benchmark(name).get('description', '')}")
     print("judges:")
-    for name, judge in JUDGES.items():
-        doc = f"config file {judge}" if isinstance(judge, str) else (judge.__doc__ or "").strip().splitlines()[0]
+    for name, doc in judge_names().items():
         print(f"  {name:<14} {doc}")
 
 
@@ -123,6 +136,17 @@ def cmd_perf(args) -> None:
     print(run_figures(names, args.quick, args.out))
 
 
+def cmd_plan(args) -> None:
+    from safealign.gpuplan import Hardware, bench_plan
+    from safealign.run import Run, resolve_seeds
+    hw = Hardware(args.gpus, args.gpu_memory, args.strategy, args.gpu_tflops, args.mfu, args.gpu_bandwidth,
+                  not args.no_checkpointing, args.lora_rank)
+    # Planning sizes GPUs only: the judge (which would ask for its API key) is swapped for the free oracle.
+    run = Run(args.benchmark, args.methods, None, args.cache, None, None, [*args.overrides, "judge.name=oracle"],
+              seeds=resolve_seeds(args.seeds) if args.seeds else None, echo=False)
+    print(bench_plan(run, hw))
+
+
 def cmd_exact_curve(args) -> None:
     import pandas as pd
 
@@ -147,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.commands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         {"run": cmd_run, "list": cmd_list, "report": cmd_report, "plot": cmd_plot,
-         "compare": cmd_compare, "exact-curve": cmd_exact_curve, "perf": cmd_perf}[args.command](args)
+         "compare": cmd_compare, "exact-curve": cmd_exact_curve, "perf": cmd_perf,
+         "plan": cmd_plan}[args.command](args)
     except BenchError as e:
         print(f"bench: error: {e}", file=sys.stderr)
         return 2

@@ -55,7 +55,10 @@ def apply_overrides(config: dict, pairs: list[str]) -> dict:
                 valid = ", ".join(k for k, v in node.items() if isinstance(v, dict))
                 raise BenchError(f"override '{dotted}': no section '{part}'; sections here: {valid}")
             node = node[part]
-        if leaf not in node and parents[:1] != ["methods"] and not created:
+        # A key the file leaves to its default may be set where planning checks every key (typed sections,
+        # [train] and [sft]); elsewhere only keys the file has, so a typo fails here, not in a late stage.
+        checked = len(parents) == 1 and (parents[0] in ("train", "sft") or SECTIONS.get(parents[0], dict) is not dict)
+        if leaf not in node and parents[:1] != ["methods"] and not created and not checked:
             raise BenchError(f"override '{dotted}': no key '{leaf}' in [{'.'.join(parents)}]; "
                              f"keys there: {', '.join(node)}")
         node[leaf] = parse_value(value.strip())
@@ -137,9 +140,15 @@ class DiagnosticsConfig:           # RePO's per-prompt view of the constraint, f
     threshold: float = 0.0         # a prompt violates when its own expected cost is above this
 
 
+@dataclass
+class PlanConfig:                  # `bench plan`: what planning cannot read off stages that are not built yet
+    train_pairs: int = 0           # preference pairs in the training split (0: count them in the built data stage)
+    eval_prompts: int = 212        # helpful + red-team prompts each model answers (paper: 129 + 83)
+
+
 TOP_LEVEL = {"name": str, "version": int, "description": str, "prompt_template": str, "seed": int, "seeds": list}
 SECTIONS = {"data": DataConfig, "world": WorldConfig, "exact": ExactConfig, "policy": PolicyConfig, "judge": JudgeConfig,
-            "diagnostics": DiagnosticsConfig,
+            "diagnostics": DiagnosticsConfig, "plan": PlanConfig,
             "eval_prompts": dict, "sft": dict, "train": dict, "methods": dict, "generation": dict, "resources": dict}
 
 

@@ -72,3 +72,13 @@ def test_override_of_a_section_the_file_leaves_to_defaults(tmp_path):
     assert run.typed["diagnostics"].samples == 2
     with pytest.raises(BenchError, match=r"\(diagnostics.sample\)"):
         run_with(tmp_path, "diagnostics.sample=2")
+
+
+def test_override_of_a_train_key_the_file_leaves_to_its_default(tmp_path):
+    """tiny.toml's [train] has no lora_rank: --set may still give it (planning checks every [train] key), and a
+    typo there is still one line naming it, before any stage."""
+    run = run_with(tmp_path, "train.lora_rank=4")
+    step = next(s for s in run.graph if s.kind == "align")
+    assert step.config["step"]["lora_rank"] == 4
+    with pytest.raises(BenchError, match=r"\(train.lora_rnk\)"):
+        run_with(tmp_path, "train.lora_rnk=4")

@@ -60,7 +60,13 @@ def test_perf_json_and_table(tmp_path, monkeypatch):
         run_figures(["nope"], True, tmp_path)
 
 
-def test_timed_run_measures_a_real_bench_process():
+def test_timed_run_counts_the_memory_of_the_whole_process_tree():
+    """A parent that starts a child holding 200 MiB for 2 s: the peak counts the child (as a run's Ray workers)."""
+    import sys
+
     from safealign.perf.e2e import timed_run
-    wall, peak, proc = timed_run(["list"])
-    assert proc.returncode == 0 and "sacpo" in proc.stdout and wall > 0 and peak > 10 * 2**20
+    child = "import time; x = bytearray(200 * 2**20); time.sleep(2)"
+    parent = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {child!r}]); print('done')"
+    wall, peak, proc = timed_run([sys.executable, "-c", parent])
+    assert proc.returncode == 0 and proc.stdout.strip() == "done" and wall >= 2
+    assert peak > 200 * 2**20

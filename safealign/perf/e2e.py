@@ -30,10 +30,9 @@ def tree_rss(pid: int) -> int:
     return total
 
 
-def timed_run(args: list[str], env: dict | None = None) -> tuple[float, int, subprocess.CompletedProcess]:
-    """(wall seconds, peak tree RSS bytes, the finished process) of `bench <args>`."""
-    proc = subprocess.Popen([sys.executable, "-m", "safealign.cli", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+def timed_run(argv: list[str], env: dict | None = None) -> tuple[float, int, subprocess.CompletedProcess]:
+    """(wall seconds, peak tree RSS bytes sampled every 0.5 s, the finished process) of the command `argv`."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     peak, start = [0], time.time()
 
     def sample() -> None:
@@ -54,7 +53,7 @@ def tiny_all_methods(quick: bool) -> dict:
     methods = "sft,dpo-h" if quick else ",".join(METHODS)
     extra = ["--limit", "32", "--set", "sft.epochs=1", "--set", "train.epochs=1"] if quick else []
     with tempfile.TemporaryDirectory() as tmp:
-        wall, peak, proc = timed_run(["run", "--benchmark", "tiny", "--methods", methods, "--executor", executor,
+        wall, peak, proc = timed_run([sys.executable, "-m", "safealign.cli", "run", "--benchmark", "tiny", "--methods", methods, "--executor", executor,
                                       "--cache", str(Path(tmp) / "cache"), "--out", str(Path(tmp) / "out"), *extra])
     if proc.returncode != 0:
         raise RuntimeError(f"the tiny run failed: {proc.stderr[-2000:]}")
