@@ -49,6 +49,12 @@ def judge_batch(judge, items: list[Comparison]) -> list[Verdict]:
     return [verdicts[i] for i in range(len(items))]
 
 
+def wire_body(body: dict) -> dict:
+    """The request as the server reads it: the client's extra_body fields merged into the body, as the openai
+    client sends them online."""
+    return {**{k: v for k, v in body.items() if k != "extra_body"}, **body.get("extra_body", {})}
+
+
 def _run_batch(judge, requests: dict[str, dict]) -> dict[str, str]:
     """Submit (or resume) one batch, cache every answer it returns; the errors of failed items by key."""
     if judge.cache_dir is None:
@@ -58,8 +64,8 @@ def _run_batch(judge, requests: dict[str, dict]) -> dict[str, str]:
         batch_id = json.loads(state_path.read_text())["batch_id"]
         judge.log(f"judge batch {batch_id}: resuming (submitted by an earlier run)")
     else:
-        lines = "".join(json.dumps({"custom_id": key, "method": "POST", "url": "/v1/chat/completions", "body": body})
-                        + "\n" for key, body in requests.items())
+        lines = "".join(json.dumps({"custom_id": key, "method": "POST", "url": "/v1/chat/completions",
+                                    "body": wire_body(body)}) + "\n" for key, body in requests.items())
         upload = judge.client.files.create(file=("requests.jsonl", io.BytesIO(lines.encode())), purpose="batch")
         batch = judge.client.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions",
                                             completion_window="24h")

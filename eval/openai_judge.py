@@ -80,6 +80,9 @@ class OpenAIJudgeConfig:
     system: dict | str = field(default_factory=dict)      # kind -> system prompt (file name, then its text)
     templates: dict = field(default_factory=dict)          # kind -> user prompt template (file name, then text)
     reply: dict = field(default_factory=dict)              # {scores_only, explained}: fills {reply_format}
+    base_url: str = ""          # an OpenAI-compatible server (a `vllm serve`); "" = OPENAI_BASE_URL or OpenAI's
+    api_key_env: str = "OPENAI_API_KEY"   # the variable holding the key; "" for a server that needs none
+    extra_body: dict = field(default_factory=dict)        # request fields a server adds (vLLM: structured_outputs)
 
     def reply_format(self) -> str:
         return self.reply.get("explained" if self.explain else "scores_only", "")
@@ -138,9 +141,9 @@ class OpenAIJudge(Judge):
     """A judge described by a config file (model, temperature, prompt templates); see judge_configs/gpt4.toml."""
 
     def __init__(self, cfg: OpenAIJudgeConfig, cache_dir: Path | None = None, log=print):
-        if not os.environ.get("OPENAI_API_KEY"):
-            raise BenchError(f"judge model '{cfg.model}' needs an API key: export OPENAI_API_KEY (and OPENAI_BASE_URL "
-                             "for another OpenAI-compatible server), or choose judge 'oracle'")
+        if cfg.api_key_env and not os.environ.get(cfg.api_key_env):
+            raise BenchError(f"judge model '{cfg.model}' needs an API key: export {cfg.api_key_env} (and "
+                             "OPENAI_BASE_URL for another OpenAI-compatible server), or choose judge 'oracle'")
         if cfg.mode not in ("online", "batch"):
             raise BenchError(f"judge mode '{cfg.mode}' is unknown: use 'online' or 'batch'")
         self.cfg, self.log = cfg, log
@@ -152,7 +155,8 @@ class OpenAIJudge(Judge):
         self._pool: ThreadPoolExecutor | None = None       # made on first use, kept until close()
         import openai
         # Retries are ours (counted, logged, honouring retry-after), so the client's own are off.
-        self.client = openai.OpenAI(max_retries=0, timeout=cfg.timeout)
+        key = os.environ[cfg.api_key_env] if cfg.api_key_env else "none"    # a local server ignores it
+        self.client = openai.OpenAI(max_retries=0, timeout=cfg.timeout, api_key=key, base_url=cfg.base_url or None)
 
     @property
     def failed_as_tie(self) -> bool:
@@ -185,7 +189,7 @@ class OpenAIJudge(Judge):
 
     def request(self, c: Comparison, attempt: int) -> tuple[str, dict]:
         body = {"model": self.cfg.model, "messages": self.messages(c), "temperature": self.cfg.temperature,
-                "max_tokens": self.cfg.max_tokens}
+                "max_tokens": self.cfg.max_tokens, **({"extra_body": self.cfg.extra_body} if self.cfg.extra_body else {})}
         # The repetition and attempt are part of the key: three rounds at temperature 0.7 are three calls; so
         # is a run seed other than 0, so that each seed's judgments are drawn afresh (seed 0 keeps the old keys).
         seed = getattr(c, "seed", 0)
@@ -407,7 +411,7 @@ def _read(base: Path, name: str) -> str:
 def config_record(cfg: OpenAIJudgeConfig) -> dict:
     """What a judging stage is keyed on: everything that changes the answers (not concurrency or prices)."""
     keep = ("model", "temperature", "max_tokens", "repetitions", "parse_retries", "system", "templates",
-            "explain", "reply")
+            "explain", "reply", "extra_body")
     return {k: v for k, v in asdict(cfg).items() if k in keep}
 
 

@@ -107,14 +107,20 @@ def train_and_save(trainer, tokenizer, work: Path) -> None:
     resume = ckpt_dir.exists() and any(ckpt_dir.glob("checkpoint-*"))
     quiet_progress(trainer)
     trainer.train(resume_from_checkpoint=True if resume else None)
+    # Under `accelerate launch` every rank runs this; only the main one writes (save_model gathers a sharded
+    # model on every rank and writes on the main one, so all ranks call it).
+    main = trainer.is_world_process_zero()
     model = trainer.accelerator.unwrap_model(trainer.model)
     if hasattr(model, "merge_and_unload"):                   # a peft model
-        model.merge_and_unload().save_pretrained(str(work / "model"))
+        if main:
+            model.merge_and_unload().save_pretrained(str(work / "model"))
     else:
         trainer.save_model(str(work / "model"))
-    tokenizer.save_pretrained(str(work / "model"))
-    (work / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
-    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    if main:
+        tokenizer.save_pretrained(str(work / "model"))
+        (work / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
 
 
 def quiet_progress(trainer) -> None:

@@ -8,6 +8,7 @@ from importlib import resources
 from pathlib import Path
 
 from safealign import BenchError
+from safealign.launch import LaunchConfig     # [launch]: training stages under accelerate launch
 
 
 def benchmark_names() -> list[str]:
@@ -39,6 +40,15 @@ def parse_value(text: str):
         return text
 
 
+def _table_fields(section: str) -> set[str]:
+    """The fields of a typed section that hold a table (e.g. [judge] settings), which an override may create."""
+    import dataclasses
+    cls = SECTIONS.get(section, dict)
+    if cls is dict:
+        return set()
+    return {f.name for f in dataclasses.fields(cls) if f.default_factory is dict}
+
+
 def apply_overrides(config: dict, pairs: list[str]) -> dict:
     """Apply `section.key=value` overrides; an unknown section or key is an error, so typos surface."""
     config = copy.deepcopy(config)
@@ -49,7 +59,8 @@ def apply_overrides(config: dict, pairs: list[str]) -> dict:
         *parents, leaf = dotted.strip().split(".")
         node, created = config, False
         for i, part in enumerate(parents):
-            if part not in node and ((parents[:i] == ["methods"] and i == 1) or (i == 0 and part in SECTIONS)):
+            if part not in node and ((parents[:i] == ["methods"] and i == 1) or (i == 0 and part in SECTIONS)
+                                     or (i == 1 and part in _table_fields(parents[0]))):
                 node[part], created = {}, True     # a section the file leaves to its defaults; checked later
             if not isinstance(node.get(part), dict):
                 valid = ", ".join(k for k, v in node.items() if isinstance(v, dict))
@@ -148,7 +159,7 @@ class PlanConfig:                  # `bench plan`: what planning cannot read off
 
 TOP_LEVEL = {"name": str, "version": int, "description": str, "prompt_template": str, "seed": int, "seeds": list}
 SECTIONS = {"data": DataConfig, "world": WorldConfig, "exact": ExactConfig, "policy": PolicyConfig, "judge": JudgeConfig,
-            "diagnostics": DiagnosticsConfig, "plan": PlanConfig,
+            "diagnostics": DiagnosticsConfig, "plan": PlanConfig, "launch": LaunchConfig,
             "eval_prompts": dict, "sft": dict, "train": dict, "methods": dict, "generation": dict, "resources": dict}
 
 

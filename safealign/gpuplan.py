@@ -19,6 +19,7 @@ SMOLLM2_135M = mp.Shape(hidden=576, layers=30, intermediate=1536, vocab=49152, h
 KNOWN_SHAPES = {"PKU-Alignment/alpaca-7b-reproduced": LLAMA_7B, "huggyllama/llama-7b": LLAMA_7B,
                 "smollm2-wheel": SMOLLM2_135M, "HuggingFaceTB/SmolLM2-135M-Instruct": SMOLLM2_135M}
 NO_GPU = ("world", "exact", "data", "base", "merge", "judge")
+FULL_ONLY = ("score-model", "rl")          # the suite's own training loops: no LoRA there (yet)
 FROZEN_WEIGHT = 2       # bytes a bf16 weight takes to read
 TIGHT = 0.9             # above this share of a GPU's memory a stage is marked tight (allocator, CUDA context)
 
@@ -65,11 +66,16 @@ class Need:
     sharded: bool = True           # False: the stage holds whole copies whatever the strategy (vLLM, TRL's precompute)
     kv_cache: bool = False         # generation: the batch's KV cache instead of training activations
     weight_reads: int = 0          # decoding steps, each reading every weight once (memory-bound)
+    strategy: str = ""             # the strategy this stage really runs under, where it differs from the plan's
 
 
 def need(spec, shape: mp.Shape, pairs: int, eval_prompts: int, hw: Hardware) -> Need | None:
     """What a stage of the plan holds and computes; None for a stage without a GPU."""
     c, policy, score = spec.config, mp.params(shape), mp.params(shape, head_outputs=1)
+    if hw.strategy in mp.ADAPTERS and spec.kind in FULL_ONLY:
+        from dataclasses import replace
+        n = need(spec, shape, pairs, eval_prompts, replace(hw, strategy="ddp"))
+        return replace(n, strategy="ddp", note=f"{n.note}; no LoRA in this stage's code: full weights".lstrip("; "))
     adapters = hw.strategy in mp.ADAPTERS         # the reference is the policy with its adapters off
     grad = 4 if adapters else 6                   # no weight gradients for a frozen base: 4 N T, not 6 N T
     if spec.kind in NO_GPU:
@@ -124,6 +130,8 @@ def memory(n: Need, shape: mp.Shape, hw: Hardware) -> dict:
     """GiB per GPU: the models (weights, gradients, optimiser states) and the activations of one micro-batch (or
     a generation batch's KV cache)."""
     from dataclasses import replace
+    if n.strategy:
+        hw = replace(hw, strategy=n.strategy)
     if not n.sharded:
         hw = replace(hw, strategy="ddp" if hw.strategy not in mp.ADAPTERS else hw.strategy)
     models = sum(mp.trained_bytes(p, hw.strategy, hw.gpus, shape, hw.lora_rank) if trained
@@ -149,12 +157,13 @@ def fits(n: Need, shape: mp.Shape, hw: Hardware) -> str:
     """'yes', 'tight' (over TIGHT of a GPU), or 'NO: <the first strategy that fits, with its GiB>'."""
     from dataclasses import replace
     total = memory(n, shape, hw)["total"]
+    hw = replace(hw, strategy=n.strategy or hw.strategy)
     if total <= TIGHT * hw.gpu_memory:
         return "yes"
     if total <= hw.gpu_memory:
         return "tight"
-    for other in ("fsdp", "zero3-offload", "lora", "qlora"):
-        alt = memory(n, shape, replace(hw, strategy=other))["total"]
+    for other in ("fsdp", "zero3-offload") + (() if n.strategy else ("lora", "qlora")):
+        alt = memory(replace(n, strategy=""), shape, replace(hw, strategy=other))["total"]
         if other != hw.strategy and alt <= TIGHT * hw.gpu_memory:
             return f"NO: {other} needs {alt:.1f}"
     return "NO: nothing here fits; more GPUs"
@@ -171,7 +180,7 @@ def plan_rows(graph, shape: mp.Shape, pairs: int, eval_prompts: int, hw: Hardwar
         if n is None:
             continue
         mem = memory(n, shape, hw)
-        what = {True: "adapters on" if hw.strategy in mp.ADAPTERS else "trained", False: "frozen"}
+        what = {True: "adapters on" if (n.strategy or hw.strategy) in mp.ADAPTERS else "trained", False: "frozen"}
         held = "; ".join(f"{what[t]} {' + '.join(size(p) for p, tt in n.models if tt == t)}"
                          for t in (True, False) if any(tt == t for _, tt in n.models))
         rows.append({"stage": spec.label, "kind": spec.kind, "held": held, "weights_gib": mem["models"],
@@ -180,8 +189,21 @@ def plan_rows(graph, shape: mp.Shape, pairs: int, eval_prompts: int, hw: Hardwar
     return rows
 
 
+def fold_generation(rows: list[dict]) -> list[dict]:
+    """Every generation stage is alike (one model, one prompt set): one row for them all, their hours summed."""
+    gens = [r for r in rows if r["kind"] == "generate"]
+    if len(gens) < 2:
+        return rows
+    first = next(i for i, r in enumerate(rows) if r["kind"] == "generate")
+    folded = {**max(gens, key=lambda r: r["gib_per_gpu"]), "stage": f"generate x{len(gens)}",
+              "gpu_hours": sum(r["gpu_hours"] for r in gens), "note": "each model x prompt set, vLLM"}
+    rest = [r for r in rows if r["kind"] != "generate"]
+    return rest[:first] + [folded] + rest[first:]
+
+
 def format_plan(rows: list[dict], hw: Hardware, shape: mp.Shape) -> str:
     import pandas as pd
+    rows = fold_generation(rows)
     head = (f"{hw.gpus} x {hw.gpu_memory:g} GiB, {hw.strategy}, activation checkpointing "
             f"{'on' if hw.checkpointing else 'off'}; policy {size(mp.params(shape))}; "
             f"{hw.gpu_tflops:g} TFLOP/s per GPU at {hw.mfu:.0%} MFU")

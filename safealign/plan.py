@@ -78,7 +78,11 @@ def compute(spec: dict, input_paths: dict[str, str], store: Store) -> Stage:
     fn = call(spec["fn"])
 
     def work(path: Path) -> None:
-        fn(Job(path, spec["config"], inputs, spec["runtime"], store.root, store.log))
+        if spec["runtime"].get("launch"):          # every rank runs fn; this process finishes the stage
+            from safealign.launch import run_launched
+            run_launched(spec, input_paths, store.root, path, store.log)
+        else:
+            fn(Job(path, spec["config"], inputs, spec["runtime"], store.root, store.log))
     return store.compute(spec["kind"], spec["key"], spec["config"], inputs, work, spec["label"])
 
 

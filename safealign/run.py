@@ -88,6 +88,8 @@ class Run:
         if "{input}" not in self.template:
             raise BenchError("prompt_template must contain {input}, e.g. 'USER: {input} ASSISTANT:'")
         self.resources = _check_resources(self.config.get("resources", {}))
+        from safealign.launch import check as check_launch
+        self.launch = check_launch(self.typed["launch"])
         for spec in self.methods:
             if self.is_exact and METHODS[parse_method(spec)[0]].target is None:
                 raise BenchError(f"method '{spec}' names no optimum, so the exact benchmark cannot measure it: "
@@ -160,8 +162,11 @@ class Run:
               runtime: dict | None = None) -> Spec:
         """Add a stage to the plan (once per key) and return its spec."""
         resources = {**DEFAULT_RESOURCES, **self.resources.get(kind, {})}
+        runtime = dict(runtime or {})
+        if self.launch.processes > 1 and kind in self.launch.kinds:     # how it runs, not what: not in the key
+            runtime["launch"] = asdict(self.launch)
         return self.graph.add(Spec(kind, fn, config, {k: v.key for k, v in inputs.items()}, label + self.tag,
-                                   resources, runtime or {}))
+                                   resources, runtime))
 
     def plan_data(self) -> Spec:
         data_cfg = self.config["data"]

@@ -67,6 +67,12 @@ def test_bench_plan_for_paper_on_8_and_on_1_gpu(capsys):
     assert main(["plan", "--benchmark", "paper", "--methods", "sacpo", "--gpus", "1", "--strategy", "ddp"]) == 0
     one = capsys.readouterr().out
     assert "NO: " in next(ln for ln in one.splitlines() if ln.strip().startswith("dpo-h "))
+    # One GPU with LoRA: the DPO steps fit; the suite's own RL loop has no LoRA, and the plan says so.
+    assert main(["plan", "--benchmark", "paper", "--methods", "sacpo,saferlhf", "--gpus", "1", "--strategy",
+                 "lora"]) == 0
+    lora = {ln.split()[0]: ln for ln in capsys.readouterr().out.splitlines()[2:] if ln.strip()}
+    assert "adapters on" in lora["sacpo@0.025"] and " yes " in lora["sacpo@0.025"]
+    assert "no LoRA" in lora["saferlhf"] and "NO:" in lora["saferlhf"] and "x12" in lora["generate"]
 
 
 def test_bad_plans_are_one_line_errors(capsys, tmp_path):

@@ -53,11 +53,26 @@ def tiny_all_methods(quick: bool) -> dict:
     methods = "sft,dpo-h" if quick else ",".join(METHODS)
     extra = ["--limit", "32", "--set", "sft.epochs=1", "--set", "train.epochs=1"] if quick else []
     with tempfile.TemporaryDirectory() as tmp:
-        wall, peak, proc = timed_run([sys.executable, "-m", "safealign.cli", "run", "--benchmark", "tiny", "--methods", methods, "--executor", executor,
-                                      "--cache", str(Path(tmp) / "cache"), "--out", str(Path(tmp) / "out"), *extra])
+        wall, peak, proc = timed_run([sys.executable, "-m", "safealign.cli", "run", "--benchmark", "tiny",
+                                      "--methods", methods, "--executor", executor, "--cache", str(Path(tmp) / "cache"),
+                                      "--out", str(Path(tmp) / "out"), *extra])
+        by_kind = stage_seconds(Path(tmp) / "cache")
     if proc.returncode != 0:
         raise RuntimeError(f"the tiny run failed: {proc.stderr[-2000:]}")
     minutes = wall / 60
+    where = ", ".join(f"{kind} {s / 60:.1f} min ({n})" for kind, (n, s) in
+                      sorted(by_kind.items(), key=lambda kv: -kv[1][1])[:5])
     return {"figure": "tiny, every method, end to end", "value": minutes, "unit": "minutes", "goal": f"< {GOAL_MINUTES:g}",
             "ok": minutes < GOAL_MINUTES, "detail": f"{len(methods.split(','))} methods, executor {executor}, "
-            f"peak memory {peak / 2**30:.2f} GiB (process tree)"}
+            f"peak memory {peak / 2**30:.2f} GiB (process tree); stage time by kind: {where}"}
+
+
+def stage_seconds(cache: Path) -> dict[str, tuple[int, float]]:
+    """{kind: (stages, seconds)} of the stages a run computed into `cache` (their stage.json records)."""
+    import json
+    out: dict[str, tuple[int, float]] = {}
+    for record in cache.glob("*/*/stage.json"):
+        r = json.loads(record.read_text())
+        n, s = out.get(r["stage"], (0, 0.0))
+        out[r["stage"]] = (n + 1, s + float(r.get("seconds", 0.0)))
+    return out

@@ -1,0 +1,48 @@
+"""Training stages under `accelerate launch`: two processes (gloo, on this CPU) train the tiny DPO(H) stage
+through the real CLI and reach the single-process losses at the same global batch; only one rank writes."""
+import json
+
+import pytest
+
+from conftest import bench_run
+from safealign import BenchError
+from safealign.launch import LaunchConfig, check, command
+from test_sacpo_tiny import stage_of
+
+
+def test_launch_settings_are_checked_while_planning(tmp_path):
+    with pytest.raises(BenchError, match="launch.processes = 0"):
+        check(LaunchConfig(processes=0))
+    with pytest.raises(BenchError, match="launch.kinds: 'judge'"):
+        check(LaunchConfig(processes=2, kinds=["judge"]))
+    with pytest.raises(BenchError, match=r"config = 'zero7'.*ddp, fsdp, zero3"):
+        check(LaunchConfig(processes=2, config="zero7"))
+    argv = command(LaunchConfig(processes=2, config="fsdp", extra_args=["--main_process_port", 29511]), tmp_path / "j")
+    assert argv[1:3] == ["-m", "accelerate.commands.launch"] and argv[argv.index("--num_processes") + 1] == "2"
+    assert argv[argv.index("--config_file") + 1].endswith("launch_configs/fsdp.yaml") and "29511" in argv
+    assert argv[-3:] == ["-m", "safealign.launch", str(tmp_path / "j")]
+
+
+def losses(stage) -> list[float]:
+    return [h["loss"] for h in json.loads((stage / "log_history.json").read_text()) if "loss" in h]
+
+
+def test_two_processes_reach_the_single_process_losses(reference_only_cache, tmp_path):
+    """DDP on 2 ranks x 16 pairs = one process x 32 pairs: the same samples in every step (accelerate hands rank r
+    every 2nd batch of the same seeded order), gradients averaged. Tolerance 1e-4 on the logged losses (about
+    0.69 -> 0.6): only the all-reduce's order of float32 additions differs, ~1e-7 a step over 20 steps."""
+    cache = reference_only_cache
+    small = ["--set", "train.epochs=0.5", "--set", "diagnostics.samples=0", "--set", "judge.all_pairs=false"]
+    one = bench_run("dpo-h", tmp_path / "one", cache, *small)
+    assert one.returncode == 0, one.stderr[-3000:]
+    single, _ = stage_of(cache, "dpo-h")
+    two = bench_run("dpo-h", tmp_path / "two", cache, *small, "--set", "train.batch_size=16",
+                    "--set", "launch.processes=2")
+    assert two.returncode == 0, two.stderr[-3000:]
+    records = [json.loads(p.read_text()) for p in cache.glob("align/*/stage.json")]
+    launched = next(cache / "align" / r["key"] for r in records if r["config"]["step"]["batch_size"] == 16)
+    assert len(losses(single)) >= 3 and losses(launched) == pytest.approx(losses(single), abs=1e-4)
+    assert "Traceback" not in (launched / "launch.log").read_text()
+    assert sorted(p.name for p in launched.glob("rank*.log")) == ["rank0.log", "rank1.log"]     # two ranks ran
+    assert not (launched / "trainer").exists() and (launched / "model" / "config.json").exists()
+    assert "accelerate launch, 2 processes, ddp" in (tmp_path / "two" / "run.log").read_text()
