@@ -21,6 +21,7 @@ KNOWN_SHAPES = {"PKU-Alignment/alpaca-7b-reproduced": LLAMA_7B, "huggyllama/llam
 NO_GPU = ("world", "exact", "data", "base", "merge", "judge")
 FULL_ONLY = ("score-model", "rl")          # the suite's own training loops: no LoRA there (yet)
 FROZEN_WEIGHT = 2       # bytes a bf16 weight takes to read
+PROMPT_TOKENS = 128     # a prompt's tokens in a generation batch's KV cache (the paper's max_prompt_length)
 TIGHT = 0.9             # above this share of a GPU's memory a stage is marked tight (allocator, CUDA context)
 
 
@@ -71,23 +72,16 @@ class Need:
 
 def need(spec, shape: mp.Shape, pairs: int, eval_prompts: int, hw: Hardware) -> Need | None:
     """What a stage of the plan holds and computes; None for a stage without a GPU."""
-    c, policy, score = spec.config, mp.params(shape), mp.params(shape, head_outputs=1)
-    if hw.strategy in mp.ADAPTERS and spec.kind in FULL_ONLY:
-        from dataclasses import replace
-        n = need(spec, shape, pairs, eval_prompts, replace(hw, strategy="ddp"))
-        return replace(n, strategy="ddp", note=f"{n.note}; no LoRA in this stage's code: full weights".lstrip("; "))
-    adapters = hw.strategy in mp.ADAPTERS         # the reference is the policy with its adapters off
-    grad = 4 if adapters else 6                   # no weight gradients for a frozen base: 4 N T, not 6 N T
+    from dataclasses import replace
     if spec.kind in NO_GPU:
         return None
+    if hw.strategy in mp.ADAPTERS and spec.kind in FULL_ONLY:
+        n = need(spec, shape, pairs, eval_prompts, replace(hw, strategy="ddp"))
+        return replace(n, strategy="ddp", note=f"{n.note}; no LoRA in this stage's code: full weights".lstrip("; "))
+    c, policy, score = spec.config, mp.params(shape), mp.params(shape, head_outputs=1)
+    grad = 4 if hw.strategy in mp.ADAPTERS else 6     # no weight gradients for a frozen base: 4 N T, not 6 N T
     if spec.kind in ("sft", "align"):
-        t = c["train"] if spec.kind == "sft" else c["step"]
-        tokens = 2 * pairs * t["epochs"] * t["max_length"]     # both responses (KTO: unpaired) or chosen + rejected
-        shared = "ref_logps" in spec.inputs
-        ref = spec.kind == "align" and not shared
-        models = [(policy, True)] + ([(policy, False)] if ref and not adapters else [])
-        return Need(models, 2 * t["batch_size"] * t["max_length"], grad * policy * tokens + ref * 2 * policy * tokens,
-                    note="reference log-probs from its ref-logps stage" if shared else "")
+        return _train_need(spec, policy, pairs, hw, grad)
     if spec.kind == "ref-logps":      # TRL runs this pass before FSDP shards anything: a whole copy per GPU
         t = c["step"]
         return Need([(policy, False)], 2 * t["batch_size"] * t["max_length"], 2 * policy * 2 * pairs * t["max_length"],
@@ -99,15 +93,29 @@ def need(spec, shape: mp.Shape, pairs: int, eval_prompts: int, hw: Hardware) -> 
         return Need([(score, True)], micro, grad * score * tokens)
     if spec.kind == "rl":
         return _rl_need(c["ppo"], policy, score, pairs, hw, grad)
-    if spec.kind in ("generate", "mocan-dual"):      # vLLM on one GPU: whole bf16 weights and the batch's KV cache
-        new = (c["generation"] if spec.kind == "generate" else c["mocan"]).get("max_new_tokens", 512)
-        batch = c["generation"].get("batch_size", 16) if spec.kind == "generate" else 64
-        answers = (eval_prompts // 2) * max(1, c.get("samples", 0)) if spec.kind == "generate" \
-            else pairs * c["mocan"].get("samples", 4)
-        decode_steps = -(-answers // batch) * new
-        return Need([(policy, False)], batch * (new + 128), 2 * policy * answers * new, backward=False, sharded=False,
-                    kv_cache=True, weight_reads=decode_steps)
+    if spec.kind == "generate":       # vLLM on one GPU: whole bf16 weights and the batch's KV cache
+        g = c["generation"]
+        new, batch = g.get("max_new_tokens", 512), g.get("batch_size", 16)
+        answers = (pairs if c["set"] == "train" else eval_prompts // 2) * max(1, c.get("samples", 0))
+        return Need([(policy, False)], batch * (new + PROMPT_TOKENS), 2 * policy * answers * new, backward=False,
+                    sharded=False, kv_cache=True, weight_reads=-(-answers // batch) * new)
+    if spec.kind == "mocan-dual":     # the reward and cost models read every sampled answer once
+        m = c["mocan"]
+        tokens = pairs * m.get("samples", 4) * (m.get("max_new_tokens", 512) + PROMPT_TOKENS)
+        return Need([(score, False), (score, False)], 16 * 512, 2 * 2 * score * tokens, backward=False, sharded=False)
     raise BenchError(f"bench plan has no estimate for stage kind '{spec.kind}'")
+
+
+def _train_need(spec, policy: int, pairs: int, hw: Hardware, grad: int) -> Need:
+    """SFT or a DPO/KTO step: the policy trained; the reference held beside it unless the step reads its
+    log-probs from a ref-logps stage or is the policy with its adapters off (LoRA)."""
+    t = spec.config["train"] if spec.kind == "sft" else spec.config["step"]
+    tokens = 2 * pairs * t["epochs"] * t["max_length"]     # both responses (KTO: unpaired) or chosen + rejected
+    shared = "ref_logps" in spec.inputs
+    ref = spec.kind == "align" and not shared
+    models = [(policy, True)] + ([(policy, False)] if ref and hw.strategy not in mp.ADAPTERS else [])
+    return Need(models, 2 * t["batch_size"] * t["max_length"], grad * policy * tokens + ref * 2 * policy * tokens,
+                note="reference log-probs from its ref-logps stage" if shared else "")
 
 
 def _rl_need(p: dict, policy: int, score: int, pairs: int, hw: Hardware, grad: int) -> Need:
@@ -120,7 +128,8 @@ def _rl_need(p: dict, policy: int, score: int, pairs: int, hw: Hardware, grad: i
     adapters = hw.strategy in mp.ADAPTERS
     models = [(policy, True), (score, True), (score, True), (score, False), (score, False)]
     models += [] if adapters else [(policy, False)]
-    flops = (2 * policy * generated + 2 * (2 * policy + 4 * score) * episodes          # rollouts; 5 scorers
+    # rollouts; the actor's and reference's log-probs and the four score models' values; the three updates
+    flops = (2 * policy * generated + 2 * (2 * policy + 4 * score) * episodes
              + grad * (policy + 2 * score) * episodes + (grad * policy * episodes if p["ptx_coeff"] else 0))
     micro = max(1, p["rollout_batch"] // hw.gpus) * p["max_length"]
     return Need(models, micro, flops, note=f"{steps} PPO steps")

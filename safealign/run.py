@@ -165,6 +165,9 @@ class Run:
         runtime = dict(runtime or {})
         if self.launch.processes > 1 and kind in self.launch.kinds:     # how it runs, not what: not in the key
             runtime["launch"] = asdict(self.launch)
+            # a Ray task of a launched stage reserves a device (GPU, or else CPU) for each of its processes
+            unit = "gpus" if resources["gpus"] else "cpus"
+            resources[unit] = max(resources[unit], self.launch.processes)
         return self.graph.add(Spec(kind, fn, config, {k: v.key for k, v in inputs.items()}, label + self.tag,
                                    resources, runtime))
 

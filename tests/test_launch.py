@@ -46,3 +46,14 @@ def test_two_processes_reach_the_single_process_losses(reference_only_cache, tmp
     assert sorted(p.name for p in launched.glob("rank*.log")) == ["rank0.log", "rank1.log"]     # two ranks ran
     assert not (launched / "trainer").exists() and (launched / "model" / "config.json").exists()
     assert "accelerate launch, 2 processes, ddp" in (tmp_path / "two" / "run.log").read_text()
+
+
+def test_a_launched_stage_is_planned_with_its_processes_and_the_same_key(tmp_path):
+    from safealign.run import Run
+    plain = Run("tiny", "dpo-h", tmp_path / "a", tmp_path / "c", echo=False)
+    launched = Run("tiny", "dpo-h", tmp_path / "b", tmp_path / "c", overrides=["launch.processes=4"], echo=False)
+    step = {r: next(s for s in run.graph if s.label == "dpo-h") for r, run in (("plain", plain), ("launched", launched))}
+    assert step["plain"].key == step["launched"].key and "launch" not in step["plain"].runtime
+    assert step["launched"].runtime["launch"]["processes"] == 4 and step["launched"].resources["cpus"] == 4
+    gen = next(s for s in launched.graph if s.kind == "generate")
+    assert "launch" not in gen.runtime and gen.resources["cpus"] == 1      # only training kinds are launched

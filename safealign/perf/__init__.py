@@ -46,12 +46,13 @@ def run_figures(names: list[str], quick: bool, out: Path) -> str:
     unknown = [n for n in names if n not in FIGURES]
     if unknown:
         raise BenchError(f"unknown perf figure '{unknown[0]}': choose from {', '.join(FIGURES)}")
-    rows = []
+    record = {"machine": machine(), "quick": quick, "figures": []}
     for name in names:
         print(f"measuring {name} ...", flush=True)
-        rows.append({"name": name, **call(FIGURES[name])(quick)})
-    record = {"machine": machine(), "quick": quick, "figures": rows}
-    write_atomic(Path(out) / "perf.json", json.dumps(record, indent=2, default=str))
+        record["figures"].append({"name": name, **call(FIGURES[name])(quick)})
+        # saved after each figure: a long `bench perf` stopped late keeps what it measured
+        write_atomic(Path(out) / "perf.json", json.dumps(record, indent=2, default=str))
+        print(format_figures({**record, "figures": record["figures"][-1:]}).splitlines()[-1], flush=True)
     return format_figures(record) + f"\n-> {Path(out) / 'perf.json'}"
 
 
