@@ -30,13 +30,18 @@ def test_list_names_methods_benchmarks_judges(capsys):
         assert word in out
 
 
-def test_overrides():
+def test_overrides(capsys):
     cfg = load_benchmark("tiny")
     new = apply_overrides(cfg, ["methods.dpo-h.beta=0.5", "train.epochs=1", "methods.other.x=[1, 2]"])
     assert new["methods"]["dpo-h"]["beta"] == 0.5 and new["train"]["epochs"] == 1
     assert new["methods"]["other"]["x"] == [1, 2] and cfg["train"]["epochs"] == 2
-    with pytest.raises(BenchError, match="no key 'epoch' in \\[train\\]"):
-        apply_overrides(cfg, ["train.epoch=1"])
+    with pytest.raises(BenchError, match="no key 'temprature' in \\[generation\\]"):
+        apply_overrides(cfg, ["generation.temprature=1"])
+    # [train] may take a key the file leaves to its default; a typo there fails when the run is planned
+    assert apply_overrides(cfg, ["train.epoch=1"])["train"]["epoch"] == 1
+    code = main(["run", "--dry-run", "--methods", "dpo-h", "--set", "train.epoch=1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "(train.epoch)" in err and err.count("\n") == 1
     with pytest.raises(BenchError, match="no '='"):
         apply_overrides(cfg, ["train.epochs"])
 
