@@ -8,7 +8,7 @@ size comes from [plan] (the data stage is not built by planning).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from safealign import BenchError
@@ -29,7 +29,7 @@ TIGHT = 0.9             # above this share of a GPU's memory a stage is marked t
 class Hardware:
     gpus: int = 8
     gpu_memory: float = 80.0       # GiB per GPU
-    strategy: str = "fsdp"         # ddp | fsdp | zero3 | lora | qlora
+    strategy: str = "fsdp"         # memplan.STRATEGIES: ddp | fsdp | zero3 | zero3-offload | lora | qlora
     gpu_tflops: float = 312.0      # peak dense bf16 (A100: 312; H100 SXM: 989)
     mfu: float = 0.4               # the share of peak a well-tuned run reaches
     gpu_bandwidth: float = 2.0     # TB/s of GPU memory (A100 80GB: 2.0; H100 SXM: 3.35)
@@ -72,16 +72,15 @@ class Need:
 
 def need(spec, shape: mp.Shape, pairs: int, eval_prompts: int, hw: Hardware) -> Need | None:
     """What a stage of the plan holds and computes; None for a stage without a GPU."""
-    from dataclasses import replace
     if spec.kind in NO_GPU:
         return None
     if hw.strategy in mp.ADAPTERS and spec.kind in FULL_ONLY:
         n = need(spec, shape, pairs, eval_prompts, replace(hw, strategy="ddp"))
         return replace(n, strategy="ddp", note=f"{n.note}; no LoRA in this stage's code: full weights".lstrip("; "))
     c, policy, score = spec.config, mp.params(shape), mp.params(shape, head_outputs=1)
-    grad = 4 if hw.strategy in mp.ADAPTERS else 6     # no weight gradients for a frozen base: 4 N T, not 6 N T
+    adapters = hw.strategy in mp.ADAPTERS
     if spec.kind in ("sft", "align"):
-        return _train_need(spec, policy, pairs, hw, grad)
+        return _train_need(spec, policy, pairs, adapters)
     if spec.kind == "ref-logps":      # TRL runs this pass before FSDP shards anything: a whole copy per GPU
         t = c["step"]
         return Need([(policy, False)], 2 * t["batch_size"] * t["max_length"], 2 * policy * 2 * pairs * t["max_length"],
@@ -90,9 +89,9 @@ def need(spec, shape: mp.Shape, pairs: int, eval_prompts: int, hw: Hardware) -> 
         t = c["score"]
         tokens = 2 * pairs * t["epochs"] * t["max_length"]
         micro = 2 * max(1, t["batch_size"] // hw.gpus) * t["max_length"]    # its batch is global (Safe RLHF's 16 x 8)
-        return Need([(score, True)], micro, grad * score * tokens)
+        return Need([(score, True)], micro, mp.train_flops(score, 0, tokens, adapters))
     if spec.kind == "rl":
-        return _rl_need(c["ppo"], policy, score, pairs, hw, grad)
+        return _rl_need(c["ppo"], policy, score, pairs, hw)
     if spec.kind == "generate":       # vLLM on one GPU: whole bf16 weights and the batch's KV cache
         g = c["generation"]
         new, batch = g.get("max_new_tokens", 512), g.get("batch_size", 16)
@@ -106,19 +105,19 @@ def need(spec, shape: mp.Shape, pairs: int, eval_prompts: int, hw: Hardware) -> 
     raise BenchError(f"bench plan has no estimate for stage kind '{spec.kind}'")
 
 
-def _train_need(spec, policy: int, pairs: int, hw: Hardware, grad: int) -> Need:
+def _train_need(spec, policy: int, pairs: int, adapters: bool) -> Need:
     """SFT or a DPO/KTO step: the policy trained; the reference held beside it unless the step reads its
     log-probs from a ref-logps stage or is the policy with its adapters off (LoRA)."""
     t = spec.config["train"] if spec.kind == "sft" else spec.config["step"]
     tokens = 2 * pairs * t["epochs"] * t["max_length"]     # both responses (KTO: unpaired) or chosen + rejected
     shared = "ref_logps" in spec.inputs
-    ref = spec.kind == "align" and not shared
-    models = [(policy, True)] + ([(policy, False)] if ref and hw.strategy not in mp.ADAPTERS else [])
-    return Need(models, 2 * t["batch_size"] * t["max_length"], grad * policy * tokens + ref * 2 * policy * tokens,
+    ref = spec.kind == "align" and not shared               # the reference's forward runs in every step
+    models = [(policy, True)] + ([(policy, False)] if ref and not adapters else [])
+    return Need(models, 2 * t["batch_size"] * t["max_length"], mp.train_flops(policy, policy * ref, tokens, adapters),
                 note="reference log-probs from its ref-logps stage" if shared else "")
 
 
-def _rl_need(p: dict, policy: int, score: int, pairs: int, hw: Hardware, grad: int) -> Need:
+def _rl_need(p: dict, policy: int, score: int, pairs: int, hw: Hardware) -> Need:
     """PPO-Lagrangian / RePO: actor and two critics trained; reference, reward and cost models frozen (the
     reference is the actor without adapters under LoRA). Per step: the rollouts, a forward of the five scorers
     over the episodes, one update of the three trained models (+ the PTX batch)."""
@@ -128,9 +127,9 @@ def _rl_need(p: dict, policy: int, score: int, pairs: int, hw: Hardware, grad: i
     adapters = hw.strategy in mp.ADAPTERS
     models = [(policy, True), (score, True), (score, True), (score, False), (score, False)]
     models += [] if adapters else [(policy, False)]
-    # rollouts; the actor's and reference's log-probs and the four score models' values; the three updates
-    flops = (2 * policy * generated + 2 * (2 * policy + 4 * score) * episodes
-             + grad * (policy + 2 * score) * episodes + (grad * policy * episodes if p["ptx_coeff"] else 0))
+    # rollouts; the actor's and reference's log-probs and the four score models' values; the three updates (+ PTX)
+    trained = policy + 2 * score + (policy if p["ptx_coeff"] else 0)
+    flops = 2 * policy * generated + mp.train_flops(trained, 2 * policy + 4 * score, episodes, adapters)
     micro = max(1, p["rollout_batch"] // hw.gpus) * p["max_length"]
     return Need(models, micro, flops, note=f"{steps} PPO steps")
 
@@ -138,7 +137,6 @@ def _rl_need(p: dict, policy: int, score: int, pairs: int, hw: Hardware, grad: i
 def memory(n: Need, shape: mp.Shape, hw: Hardware) -> dict:
     """GiB per GPU: the models (weights, gradients, optimiser states) and the activations of one micro-batch (or
     a generation batch's KV cache)."""
-    from dataclasses import replace
     if n.strategy:
         hw = replace(hw, strategy=n.strategy)
     if not n.sharded:
@@ -164,7 +162,6 @@ def hours(n: Need, hw: Hardware) -> float:
 
 def fits(n: Need, shape: mp.Shape, hw: Hardware) -> str:
     """'yes', 'tight' (over TIGHT of a GPU), or 'NO: <the first strategy that fits, with its GiB>'."""
-    from dataclasses import replace
     total = memory(n, shape, hw)["total"]
     hw = replace(hw, strategy=n.strategy or hw.strategy)
     if total <= TIGHT * hw.gpu_memory:
@@ -221,11 +218,11 @@ def format_plan(rows: list[dict], hw: Hardware, shape: mp.Shape) -> str:
     table = pd.DataFrame(rows).rename(columns={"held": "models held", "weights_gib": "models GiB",
                                                "activations_gib": "act. GiB", "gib_per_gpu": "GiB/GPU",
                                                "gpu_hours": "GPU-h"})
-    hours = sum(r["gpu_hours"] for r in rows)
+    total = sum(r["gpu_hours"] for r in rows)
     one, two = "{:.1f}".format, "{:.2f}".format
     out = table.to_string(index=False, formatters={**{c: one for c in ("models GiB", "act. GiB", "GiB/GPU")}, "GPU-h": two})
     every = f"all {hw.gpus} GPUs" if hw.gpus > 1 else "the GPU"
-    return (f"{head}\n{out}\ntotal {hours:.0f} GPU-hours: {hours / hw.gpus:.1f} h of wall time with each stage on "
+    return (f"{head}\n{out}\ntotal {total:.0f} GPU-hours: {total / hw.gpus:.1f} h of wall time with each stage on "
             f"{every} in turn (at perfect scaling)")
 
 

@@ -72,11 +72,11 @@ def frozen_bytes(n: int, strategy: str, gpus: int) -> float:
     return per * n / (gpus if strategy in SHARDED else 1)
 
 
-def activation_bytes(s: Shape, tokens: int, checkpointing: bool, logits: bool = True) -> float:
+def activation_bytes(s: Shape, tokens: int, checkpointing: bool) -> float:
     """Activations of `tokens` tokens (micro-batch x length) kept for the backward pass, plus the fp32 logits."""
     per_layer = 34 * tokens * s.hidden
     kept = (2 * tokens * s.hidden * s.layers + per_layer) if checkpointing else per_layer * s.layers
-    return kept + (4 * tokens * s.vocab if logits else 0)
+    return kept + 4 * tokens * s.vocab
 
 
 def forward_bytes(s: Shape, tokens: int) -> float:
@@ -94,6 +94,7 @@ def gpu_hours(flops: float, gpu_tflops: float, mfu: float) -> float:
     return flops / (gpu_tflops * 1e12 * mfu) / 3600
 
 
-def train_flops(trained: int, frozen: int, tokens: float) -> float:
-    """6 N T for the trained model(s) and 2 N T for the frozen ones' forward passes."""
-    return 6 * trained * tokens + 2 * frozen * tokens
+def train_flops(trained: int, frozen: int, tokens: float, adapters: bool = False) -> float:
+    """6 N T for the trained model(s) (4 N T under adapters: no weight gradients for the frozen base) and 2 N T
+    for the frozen ones' forward passes."""
+    return (4 if adapters else 6) * trained * tokens + 2 * frozen * tokens
