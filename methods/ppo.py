@@ -10,6 +10,12 @@ averaged per sequence, then over the batch. The actor uses AdamW (betas 0.9/0.95
 clipped to norm 1.0. Prompts, answers and the optional PTX texts are tokenised by safealign.tokens, so the
 actor trains on the ids that TRL-trained models and vLLM see, and the score models score what they learnt on.
 
+Under `accelerate launch` (DDP) each of N processes samples and scores its 1/N of the step's prompts and the
+actor and critics are DDP models whose gradients are averaged; the multiplier reads the episodes of every process
+(gathered, as Safe RLHF reduces the episode cost across ranks before its lambda step), so every rank holds the
+same lambda. Answers are sampled per row from seeded generators (methods/rollouts.py), so N processes train on
+the answers one process would sample.
+
 RePO as built here (its exact multiplier update is not public). The penalty is per prompt: the constraint is
 C(x, y) <= 0 for every answer, so the cost critic learns the rectified cost max(C, 0), a safe answer carries
 no penalty at all, and however safe one answer is it cannot pay for an unsafe answer to another prompt, as it
@@ -26,6 +32,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 from collections import deque
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,8 +40,9 @@ from pathlib import Path
 import torch
 
 from safealign import BenchError
-from safealign.methods.rl_math import (clipped_surrogate, clipped_value_loss, combined_advantage, gae,
-                                       lagrange_update, rectified, shuffled_pass, token_rewards, violations)
+from safealign.methods.rl_math import (clipped_value_loss, combined_advantage, gae, grouped_loss, lagrange_update,
+                                       rectified, shuffled_pass, surrogate_tokens, token_rewards, violations)
+from safealign.methods.rollouts import BACKENDS, VLLMRollouts, hf_answers, row_seeds
 from safealign.methods.score_model import ADAM_BETAS, adamw, end_scores
 from safealign.stages import write_jsonl
 
@@ -72,7 +80,10 @@ class PPOConfig:
     cost_model_epochs: int = 2
     score_model_lr: float = 2e-5
     score_model_batch: int = 16
+    score_model_micro_batch: int = 0   # pairs per forward in the score models' training (0: the whole batch)
     save_every: int = 20          # steps between checkpoints that a killed run resumes from (0: none)
+    rollouts: str = "hf"          # "hf" (generate in the training process) | "vllm" (an engine beside it)
+    vllm_memory: float = 0.3      # rollouts = "vllm" on a GPU: the share of its memory the engine may take
 
 
 def total_steps(cfg: PPOConfig, n_prompts: int) -> int:
@@ -80,9 +91,14 @@ def total_steps(cfg: PPOConfig, n_prompts: int) -> int:
 
 
 class Models:
+    """The six models on accelerate's device. The actor and the critics are prepared by accelerate (DDP-wrapped
+    under a launch); `core(...)` is the bare model, for the passes without gradients."""
+
     def __init__(self, sft: Path, reward: Path, cost: Path, cfg: PPOConfig, steps: int):
+        from accelerate import Accelerator
         from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification,
                                   AutoModelForTokenClassification, AutoTokenizer, get_cosine_schedule_with_warmup)
+        self.acc = Accelerator(cpu=not torch.cuda.is_available())
         self.tok = AutoTokenizer.from_pretrained(sft)
         self.tok.pad_token = self.tok.pad_token or self.tok.eos_token
         self.actor = AutoModelForCausalLM.from_pretrained(sft)
@@ -100,7 +116,15 @@ class Models:
         self.opt_actor = adamw(self.actor, cfg.actor_lr, cfg.actor_weight_decay)
         self.opt_critics = torch.optim.AdamW(list(self.vr.parameters()) + list(self.vc.parameters()), lr=cfg.critic_lr,
                                              betas=ADAM_BETAS, weight_decay=cfg.critic_weight_decay)
+        # not prepared: accelerate's scheduler wrapper steps once per process, and the schedule counts actor steps
         self.sched = get_cosine_schedule_with_warmup(self.opt_actor, int(cfg.actor_warmup_ratio * steps), max(steps, 1))
+        self.actor, self.vr, self.vc, self.opt_actor, self.opt_critics = self.acc.prepare(
+            self.actor, self.vr, self.vc, self.opt_actor, self.opt_critics)
+        self.ref, self.rm, self.cm = (self.acc.prepare_model(x, evaluation_mode=True)
+                                      for x in (self.ref, self.rm, self.cm))
+
+    def core(self, model):
+        return self.acc.unwrap_model(model)
 
 
 def token_logps(model, seq, attn, pos, start: int) -> torch.Tensor:
@@ -114,61 +138,74 @@ def prompt_batch(tok, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     return left_padded([prompt_ids(tok, p) for p in prompts], tok.pad_token_id)
 
 
-def rollout(m: Models, prompts: list[str], cfg: PPOConfig) -> dict:
-    """Sample answers and compute everything the update needs, with no gradients."""
-    ids, prompt_mask = prompt_batch(m.tok, prompts)
+def rollout(m: Models, prompts: list[str], seeds: list[int], cfg: PPOConfig, engine=None) -> dict:
+    """Sample answers (one seed each; from `engine` when rollouts come from vLLM) and compute everything the
+    update needs, with no gradients."""
+    from safealign.tokens import prompt_ids
+    ids, prompt_mask = (t.to(m.acc.device) for t in prompt_batch(m.tok, prompts))
     start = ids.shape[1]
+    actor = m.core(m.actor)
     with torch.no_grad():
-        m.actor.eval()
-        seq = m.actor.generate(input_ids=ids, attention_mask=prompt_mask, do_sample=True, temperature=cfg.temperature,
-                               top_k=0, top_p=1.0, max_new_tokens=cfg.max_new_tokens, pad_token_id=m.tok.pad_token_id)
-        resp = seq[:, start:]
+        actor.eval()
+        if engine is None:
+            resp = hf_answers(actor, ids, prompt_mask, seeds, cfg.max_new_tokens, cfg.temperature, m.tok.pad_token_id)
+        else:
+            resp = engine.answers([prompt_ids(m.tok, p) for p in prompts], cfg.max_new_tokens, cfg.temperature,
+                                  m.tok.pad_token_id, m.acc.device)
         ended = (resp == m.tok.eos_token_id).long()
         mask = ((ended.cumsum(-1) - ended) == 0).float()          # tokens up to and including the first eos
         resp_ids = torch.where(mask.bool(), resp, torch.full_like(resp, m.tok.pad_token_id))
         seq = torch.cat([ids, resp_ids], 1)
         attn = torch.cat([prompt_mask, mask.long()], 1)
         pos = (attn.cumsum(-1) - 1).clamp(min=0)
-        old_logp = token_logps(m.actor, seq, attn, pos, start)
+        old_logp = token_logps(actor, seq, attn, pos, start)
         ref_logp = token_logps(m.ref, seq, attn, pos, start)
         r = end_scores(m.rm, seq, attn, pos)      # the same scoring function as the score models' training
         c = end_scores(m.cm, seq, attn, pos)
-        v_r = m.vr(input_ids=seq, attention_mask=attn, position_ids=pos).logits[:, start - 1:-1, 0].float()
-        v_c = m.vc(input_ids=seq, attention_mask=attn, position_ids=pos).logits[:, start - 1:-1, 0].float()
+        v_r = m.core(m.vr)(input_ids=seq, attention_mask=attn, position_ids=pos).logits[:, start - 1:-1, 0].float()
+        v_c = m.core(m.vc)(input_ids=seq, attention_mask=attn, position_ids=pos).logits[:, start - 1:-1, 0].float()
     return {"seq": seq, "attn": attn, "pos": pos, "start": start, "mask": mask, "old_logp": old_logp,
             "ref_logp": ref_logp, "reward": r, "cost": c, "v_r": v_r, "v_c": v_c}
 
 
-def actor_loss(m: Models, b: dict, adv: torch.Tensor, cfg: PPOConfig, ptx: dict | None) -> tuple[torch.Tensor, float]:
+def actor_loss(m: Models, b: dict, adv: torch.Tensor, cfg: PPOConfig) -> torch.Tensor:
+    """This process's share of the clipped surrogate: per-sequence means, each row weighted as in the whole
+    step's batch (RePO: safe and unsafe samples form two batches of equal weight, counted over all processes)."""
     m.actor.train()
     logp = token_logps(m.actor, b["seq"], b["attn"], b["pos"], b["start"])
     mask = b["mask"]
-    if cfg.algorithm == "repo":     # safe and unsafe samples form two batches of equal weight in the loss
-        safe = (b["cost"] <= 0).float()[:, None]
-        groups = [g for g in (mask * safe, mask * (1 - safe)) if g.sum() > 0]
-        loss = sum(clipped_surrogate(logp, b["old_logp"], adv, g, cfg.clip) for g in groups) / len(groups)
-    else:
-        loss = clipped_surrogate(logp, b["old_logp"], adv, mask, cfg.clip)
+    per_seq = (surrogate_tokens(logp, b["old_logp"], adv, cfg.clip) * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+    group = (b["cost"] > 0).long() if cfg.algorithm == "repo" else torch.zeros_like(b["cost"], dtype=torch.long)
+    counts = m.acc.reduce(torch.bincount(group, minlength=2), "sum")
+    return grouped_loss(per_seq, group, counts, m.acc.num_processes)
+
+
+def actor_backward(m: Models, loss: torch.Tensor, cfg: PPOConfig, ptx: dict | None) -> tuple[float, float]:
+    """Backward of the actor's step; returns (the logged loss, the PTX loss). Safe RLHF with PTX: the RL and the PTX
+    backward are two accumulation micro-steps of one optimiser step, averaged, so the step follows
+    (RL loss + ptx_coeff * LM loss) / 2; under DDP the first keeps its gradients local (no_sync)."""
     if ptx is None:
-        return loss, 0.0
+        m.acc.backward(loss)
+        return loss.item(), 0.0
+    with m.acc.no_sync(m.actor):
+        m.acc.backward(loss / 2)
     ptx_loss = m.actor(**ptx).loss
-    # Safe RLHF with PTX: the RL and the PTX backward share one optimiser step, DeepSpeed averaging the two
-    # accumulation micro-steps, so the step follows (RL loss + ptx_coeff * LM loss) / 2
-    return (loss + cfg.ptx_coeff * ptx_loss) / 2, ptx_loss.item()
+    m.acc.backward(cfg.ptx_coeff * ptx_loss / 2)
+    return (loss.item() + cfg.ptx_coeff * ptx_loss.item()) / 2, ptx_loss.item()
 
 
 def ppo_step(m: Models, b: dict, lam: float, cfg: PPOConfig, ptx: dict | None) -> dict:
-    """One clipped PPO update of the actor and both critics on a rollout batch."""
+    """One clipped PPO update of the actor and both critics on a rollout batch (this process's share of it);
+    the figures it returns are averaged over the processes."""
     mask, kl = b["mask"], (b["old_logp"] - b["ref_logp"]) * b["mask"]
     cost_end = rectified(b["cost"]) if cfg.algorithm == "repo" else b["cost"]
     rew = token_rewards(kl, b["reward"], mask, cfg.kl_coeff, -1.0, cfg.score_clip)
     cst = token_rewards(kl, cost_end, mask, cfg.kl_coeff, +1.0, cfg.score_clip)
     adv_r, ret_r = gae(rew, b["v_r"], mask, cfg.gamma, cfg.gae_lambda)
     adv_c, ret_c = gae(cst, b["v_c"], mask, cfg.gamma, cfg.gae_lambda)
-    loss, ptx_loss = actor_loss(m, b, combined_advantage(adv_r, adv_c, lam), cfg, ptx)
     m.opt_actor.zero_grad()
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(m.actor.parameters(), cfg.max_grad_norm)   # Safe RLHF: gradient_clipping 1.0
+    loss, ptx_loss = actor_backward(m, actor_loss(m, b, combined_advantage(adv_r, adv_c, lam), cfg), cfg, ptx)
+    m.acc.clip_grad_norm_(m.actor.parameters(), cfg.max_grad_norm)   # Safe RLHF: gradient_clipping 1.0
     m.opt_actor.step()
     m.sched.step()
     kw = {"input_ids": b["seq"], "attention_mask": b["attn"], "position_ids": b["pos"]}
@@ -178,12 +215,14 @@ def ppo_step(m: Models, b: dict, lam: float, cfg: PPOConfig, ptx: dict | None) -
     critic_loss = clipped_value_loss(v_r, b["v_r"], ret_r, mask, cfg.value_clip) + \
         clipped_value_loss(v_c, b["v_c"], ret_c, mask, cfg.value_clip)
     m.opt_critics.zero_grad()
-    critic_loss.backward()
+    m.acc.backward(critic_loss)
     for critic in (m.vr, m.vc):     # each critic is its own DeepSpeed engine there, clipped on its own
-        torch.nn.utils.clip_grad_norm_(critic.parameters(), cfg.max_grad_norm)
+        m.acc.clip_grad_norm_(critic.parameters(), cfg.max_grad_norm)
     m.opt_critics.step()
-    return {"actor_loss": loss.item(), "critic_loss": critic_loss.item(), "ptx_loss": ptx_loss,
-            "kl": float((kl.sum(-1)).mean()), "length": float(mask.sum(-1).mean())}
+    local = torch.tensor([loss, critic_loss.item(), ptx_loss, float(kl.sum(-1).mean()), float(mask.sum(-1).mean())],
+                         device=m.acc.device)
+    figures = m.acc.reduce(local, "mean").tolist()    # equal shares, so the mean of the means is the batch's
+    return dict(zip(("actor_loss", "critic_loss", "ptx_loss", "kl", "length"), figures))
 
 
 def ptx_batch(tok, examples: list[dict], max_length: int) -> dict:
@@ -197,6 +236,13 @@ def ptx_batch(tok, examples: list[dict], max_length: int) -> dict:
         labels.append(([-100] * len(p) + a)[:max_length])
     input_ids, attention_mask = right_padded(ids, tok.pad_token_id)
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": right_padded(labels, -100)[0]}
+
+
+def shard(items: list, m: Models) -> tuple[list, int]:
+    """(this process's contiguous share of a step's batch, the position of its first item in the batch)."""
+    n = len(items) // m.acc.num_processes
+    first = m.acc.process_index * n
+    return items[first:first + n], first
 
 
 def multiplier_step(cfg: PPOConfig, log_lambda: float, window: deque, cost: torch.Tensor,
@@ -213,37 +259,38 @@ def multiplier_step(cfg: PPOConfig, log_lambda: float, window: deque, cost: torc
 
 
 def save_checkpoint(path: Path, m: Models, step: int, log_lambda: float, window: deque, curves: list) -> None:
-    """Everything the loop needs to continue exactly where it stopped, in one file replaced atomically. The
-    position in the shuffled prompt and PTX passes is a function of the step (rl_math.shuffled_pass)."""
-    state = {"step": step, "log_lambda": log_lambda, "window": list(window), "curves": curves,
-             "torch_rng": torch.get_rng_state(),
-             "actor": m.actor.state_dict(), "vr": m.vr.state_dict(), "vc": m.vc.state_dict(),
-             "opt_actor": m.opt_actor.state_dict(), "opt_critics": m.opt_critics.state_dict(),
-             "sched": m.sched.state_dict()}
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    """Everything the loop needs to continue exactly where it stopped, in one file replaced atomically by the main
+    process (every process holds the same weights). The position in the shuffled prompt and PTX passes and each
+    answer's sampling seed are functions of the step (rl_math.shuffled_pass, rollouts.row_seeds)."""
+    if m.acc.is_main_process:
+        state = {"step": step, "log_lambda": log_lambda, "window": list(window), "curves": curves,
+                 "actor": m.core(m.actor).state_dict(), "vr": m.core(m.vr).state_dict(),
+                 "vc": m.core(m.vc).state_dict(), "opt_actor": m.opt_actor.state_dict(),
+                 "opt_critics": m.opt_critics.state_dict(), "sched": m.sched.state_dict()}
+        tmp = path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    m.acc.wait_for_everyone()
 
 
 def load_checkpoint(path: Path, m: Models) -> dict:
-    state = torch.load(path, weights_only=False)
-    for name in ("actor", "vr", "vc", "opt_actor", "opt_critics", "sched"):
+    state = torch.load(path, weights_only=False, map_location=m.acc.device)
+    for name in ("actor", "vr", "vc"):
+        m.core(getattr(m, name)).load_state_dict(state[name])
+    for name in ("opt_actor", "opt_critics", "sched"):
         getattr(m, name).load_state_dict(state[name])
-    torch.set_rng_state(state["torch_rng"])
     return state
 
 
 def train_ppo(cfg: PPOConfig, sft: Path, reward: Path, cost: Path, rows: list[dict], template: str, work: Path,
               seed: int) -> None:
-    from tqdm import tqdm
-
     from safealign.methods.sft import sft_rows
-    from safealign.tracking import tracker
     torch.manual_seed(seed)
     prompts = [template.format(input=r["prompt"]) for r in rows]
     examples = sft_rows(rows, template) if cfg.ptx_coeff > 0 else []      # PTX: the SFT stage's own examples
     steps = total_steps(cfg, len(prompts))
     m = Models(sft, reward, cost, cfg, steps)
+    check_processes(cfg, m.acc.num_processes)
     log_lambda, window, curves, first = math.log(cfg.lambda_init), deque(maxlen=cfg.episode_window), [], 0
     work.mkdir(parents=True, exist_ok=True)
     ckpt = work / "checkpoint.pt"
@@ -251,22 +298,69 @@ def train_ppo(cfg: PPOConfig, sft: Path, reward: Path, cost: Path, rows: list[di
         state = load_checkpoint(ckpt, m)
         log_lambda, curves, first = state["log_lambda"], state["curves"], state["step"]
         window.extend(state["window"])
+    engine = None
+    if cfg.rollouts == "vllm":      # started from the actor as it is now (a resumed run's, too)
+        actor = m.core(m.actor)
+        engine = VLLMRollouts(actor, m.tok, work / "rollout-weights", seed, actor.config.max_position_embeddings,
+                              cfg.vllm_memory)
+    try:
+        ppo_loop(m, cfg, prompts, examples, seed, (first, steps), (log_lambda, window, curves), ckpt,
+                              engine)
+    finally:
+        if engine is not None:
+            engine.close()
+            shutil.rmtree(work / "rollout-weights", ignore_errors=True)
+    if m.acc.is_main_process:
+        m.core(m.actor).save_pretrained(work / "model")
+        m.tok.save_pretrained(work / "model")
+        write_jsonl(work / "curves.jsonl", curves)
+        (work / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+        plot_curves(curves, work / "curves.png", cfg.algorithm)
+        ckpt.unlink(missing_ok=True)
+    m.acc.wait_for_everyone()
+
+
+def check_processes(cfg: PPOConfig, processes: int) -> None:
+    """The settings a launch of `processes` processes cannot run with, one line each (also checked at planning)."""
+    if cfg.rollouts not in BACKENDS:
+        raise BenchError(f"ppo rollouts = '{cfg.rollouts}': choose from {', '.join(BACKENDS)}")
+    if cfg.rollout_batch % processes:
+        raise BenchError(f"ppo rollout_batch = {cfg.rollout_batch} does not split over {processes} processes: give "
+                         f"a multiple of {processes}")
+    if cfg.rollouts == "vllm" and processes > 1:
+        raise BenchError("ppo rollouts = 'vllm' runs in one process: set launch.processes = 1, or leave 'rl' out "
+                         "of launch.kinds, or use rollouts = 'hf'")
+
+
+def ppo_loop(m: Models, cfg: PPOConfig, prompts: list[str], examples: list[dict], seed: int, span: tuple,
+             state: tuple, ckpt: Path, engine) -> None:
+    """Steps span[0]..span[1]-1 of the loop from `state` = (log lambda, episode window, curves); the window and
+    the curves are updated in place."""
+    from tqdm import tqdm
+
+    from safealign.tracking import NoTracker, tracker
+    (first, steps), (log_lambda, window, curves) = span, state
     # --report-to: each step's curve values, into work/tracking (kept with the stage); a no-op when off
-    track = tracker(work / "tracking", f"{cfg.algorithm}-{work.name}")
-    with tqdm(total=steps, initial=first, desc=cfg.algorithm, unit="step") as bar:
+    track = tracker(ckpt.parent / "tracking", f"{cfg.algorithm}-{ckpt.parent.name}") if m.acc.is_main_process \
+        else NoTracker()
+    with tqdm(total=steps, initial=first, desc=cfg.algorithm, unit="step", disable=not m.acc.is_main_process) as bar:
         for step in range(first, steps):
-            picks = shuffled_pass(len(prompts), cfg.rollout_batch, step, seed)
-            batch = rollout(m, [prompts[i] for i in picks], cfg)
-            log_lambda, figure = multiplier_step(cfg, log_lambda, window, batch["cost"], step)
+            mine, at = shard([prompts[i] for i in shuffled_pass(len(prompts), cfg.rollout_batch, step, seed)], m)
+            batch = rollout(m, mine, row_seeds(seed, step, at, len(mine)), cfg, engine)
+            costs, rewards = m.acc.gather(batch["cost"]), m.acc.gather(batch["reward"])   # every process's episodes
+            log_lambda, figure = multiplier_step(cfg, log_lambda, window, costs, step)
             lam = math.exp(log_lambda)
             ptx = None
             if examples:       # PTX examples in their own shuffled passes, one batch per step
-                ptx_picks = shuffled_pass(len(examples), cfg.rollout_batch, step, seed + 1)
-                ptx = ptx_batch(m.tok, [examples[i] for i in ptx_picks], cfg.max_length)
+                picks, _ = shard(shuffled_pass(len(examples), cfg.rollout_batch, step, seed + 1), m)
+                ptx = {k: v.to(m.acc.device) for k, v in
+                       ptx_batch(m.tok, [examples[i] for i in picks], cfg.max_length).items()}
             lr = m.sched.get_last_lr()[0]
             stats = ppo_step(m, batch, lam, cfg, ptx)
-            curves.append({"step": step, "reward": float(batch["reward"].mean()), "cost": float(batch["cost"].mean()),
-                           "unsafe_share": float((batch["cost"] > 0).float().mean()), "lambda": lam,
+            if engine is not None:
+                engine.sync(m.core(m.actor), m.tok)
+            curves.append({"step": step, "reward": float(rewards.mean()), "cost": float(costs.mean()),
+                           "unsafe_share": float((costs > 0).float().mean()), "lambda": lam,
                            "window": figure, "actor_lr": lr, **stats})
             track.log({k: v for k, v in curves[-1].items() if k != "step"}, step)
             bar.set_postfix(reward=f"{curves[-1]['reward']:.2f}", cost=f"{curves[-1]['cost']:.2f}", lam=f"{lam:.2f}")
@@ -274,12 +368,6 @@ def train_ppo(cfg: PPOConfig, sft: Path, reward: Path, cost: Path, rows: list[di
             if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < steps:
                 save_checkpoint(ckpt, m, step + 1, log_lambda, window, curves)
     track.finish()
-    m.actor.save_pretrained(work / "model")
-    m.tok.save_pretrained(work / "model")
-    write_jsonl(work / "curves.jsonl", curves)
-    (work / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
-    plot_curves(curves, work / "curves.png", cfg.algorithm)
-    ckpt.unlink(missing_ok=True)
 
 
 def plot_curves(curves: list[dict], path: Path, title: str) -> None:
@@ -308,7 +396,8 @@ def score_models(run, cfg: PPOConfig) -> dict:
     scores = {}
     for kind, epochs in (("reward", cfg.reward_model_epochs), ("cost", cfg.cost_model_epochs)):
         sm = ScoreModelConfig(kind=kind, epochs=epochs, learning_rate=cfg.score_model_lr,
-                              batch_size=cfg.score_model_batch, max_length=max_len)
+                              batch_size=cfg.score_model_batch, micro_batch=cfg.score_model_micro_batch,
+                              max_length=max_len)
         scores[kind] = run.stage("score-model", "safealign.methods.ppo:score_stage",
                                  {"score": asdict(sm), "seed": run.seed, "limit": run.limit, "template": run.template},
                                  {"sft": run.reference, "data": run.data_stage}, f"{kind} model")
@@ -335,6 +424,8 @@ def rl_config(run, name: str, params: dict) -> PPOConfig:
     cfg = from_dict(PPOConfig, run.method_settings(name, params), f"methods.{name}")
     if cfg.algorithm not in ("saferlhf", "repo"):
         raise BenchError(f"[methods.{name}] algorithm must be 'saferlhf' or 'repo', got '{cfg.algorithm}'")
+    launch = run.launch
+    check_processes(cfg, launch.processes if "rl" in launch.kinds else 1)
     return cfg
 
 

@@ -50,7 +50,7 @@ def token_rewards(kl: torch.Tensor, score: torch.Tensor, mask: torch.Tensor, kl_
     (Safe RLHF adds the end score onto the KL penalty by scatter_add, then clamps every token to +-50.)"""
     out = sign * kl_coeff * kl * mask
     last = mask.long().cumsum(-1).argmax(-1)        # index of each row's last response token
-    out[torch.arange(len(out)), last] += score
+    out[torch.arange(len(out), device=out.device), last] += score
     return out.clamp(-clip, clip) * mask
 
 
@@ -61,7 +61,7 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
     (Safe RLHF: gamma 1.0, lambda 0.95, values and rewards masked, run separately for each critic.)"""
     values = values * mask
     adv = torch.zeros_like(rewards)
-    running = torch.zeros(rewards.shape[0], dtype=rewards.dtype)
+    running = torch.zeros(rewards.shape[0], dtype=rewards.dtype, device=rewards.device)
     T = rewards.shape[1]
     for t in reversed(range(T)):
         next_v = values[:, t + 1] if t + 1 < T else torch.zeros_like(running)
@@ -76,13 +76,27 @@ def combined_advantage(adv_r: torch.Tensor, adv_c: torch.Tensor, lam: float) -> 
     return (adv_r - lam * adv_c) / (1.0 + lam)
 
 
+def surrogate_tokens(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, clip: float = 0.2) -> torch.Tensor:
+    """PPO's per-token actor loss -min(rho A, clip(rho, 1 - eps, 1 + eps) A), rho = exp(logp - old_logp)."""
+    ratio = torch.exp(logp - old_logp)
+    return -torch.minimum(ratio * adv, ratio.clamp(1 - clip, 1 + clip) * adv)
+
+
 def clipped_surrogate(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor,
                       clip: float = 0.2) -> torch.Tensor:
-    """PPO actor loss: -min(rho A, clip(rho, 1 - eps, 1 + eps) A), averaged per sequence then over the batch.
+    """PPO actor loss: the clipped surrogate averaged per sequence then over the batch.
     (Safe RLHF's actor_loss_fn: -masked_mean of the clipped surrogate.)"""
-    ratio = torch.exp(logp - old_logp)
-    loss = -torch.minimum(ratio * adv, ratio.clamp(1 - clip, 1 + clip) * adv)
-    return masked_mean(loss, mask)
+    return masked_mean(surrogate_tokens(logp, old_logp, adv, clip), mask)
+
+
+def grouped_loss(per_seq: torch.Tensor, group: torch.Tensor, counts: torch.Tensor, world: int = 1) -> torch.Tensor:
+    """A batch loss in which every non-empty group of rows weighs the same and rows weigh the same within their
+    group: sum_i per_seq_i / (G * counts[group_i]), G the number of non-empty groups. `counts` are the rows of each
+    group in the whole batch, all processes together; the result is scaled by `world` because data-parallel
+    training averages the processes' gradients. One group on one process: the batch mean (masked_mean); RePO's
+    safe and unsafe halves: two groups."""
+    weights = 1.0 / ((counts > 0).sum() * counts[group].clamp(min=1))
+    return world * (per_seq * weights).sum()
 
 
 def clipped_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,

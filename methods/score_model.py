@@ -9,6 +9,7 @@ held-out evaluation, PPO rollouts and the score-model judge all go through them.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ class ScoreModelConfig:
     warmup_ratio: float = 0.03  # its scripts: cosine schedule, warmup 0.03
     regularization: float = 0.001   # its scripts: 0.001 * mean squared score
     max_grad_norm: float = 1.0  # its DeepSpeed template: gradient_clipping 1.0
+    micro_batch: int = 0        # pairs per forward (gradients accumulated to the same step); 0: the whole batch
 
 
 def format_pair(template: str, prompt: str, response: str) -> tuple[str, str]:
@@ -64,10 +66,24 @@ def end_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     return scores[torch.arange(len(scores)), last]
 
 
+class EndScorer(torch.nn.Module):
+    """end_scores as a module's forward, so that data-parallel training (DDP wraps the module) sees the pass."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return end_scores(self.model, input_ids, attention_mask)
+
+
 def score(model, tok, prompts: list[str], answers: list[str], max_length: int) -> torch.Tensor:
-    """Scores of formatted (prompt, answer) texts: encode, then end_scores."""
+    """Scores of formatted (prompt, answer) texts: encode, then end_scores. `model` is a score model, or an
+    EndScorer (bare or DDP-wrapped) while training."""
     ids, mask = encode(tok, prompts, answers, max_length)
-    return end_scores(model, ids.to(model.device), mask.to(model.device))
+    device = next(model.parameters()).device
+    scorer = model if not hasattr(model, "base_model_prefix") else EndScorer(model)
+    return scorer(ids.to(device), mask.to(device))
 
 
 def contradicts(row: dict) -> bool:
@@ -117,9 +133,13 @@ def adamw(model, lr: float, weight_decay: float) -> torch.optim.AdamW:
 
 def train_score_model(cfg: ScoreModelConfig, base: Path, train: list[dict], test: list[dict], template: str,
                       work: Path, seed: int) -> dict:
+    """Train, evaluate and save (main process) a score model. Under `accelerate launch` (DDP) every process takes
+    its share of each batch and the gradients are averaged, so N processes take the steps one process would."""
+    from accelerate import Accelerator
     from tqdm import tqdm
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_cosine_schedule_with_warmup
     torch.manual_seed(seed)
+    acc = Accelerator(cpu=not torch.cuda.is_available())
     tok = AutoTokenizer.from_pretrained(base)
     tok.pad_token = tok.pad_token or tok.eos_token
     model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1)
@@ -129,28 +149,52 @@ def train_score_model(cfg: ScoreModelConfig, base: Path, train: list[dict], test
     opt = adamw(model, cfg.learning_rate, cfg.weight_decay)
     # Safe RLHF's score-model scripts: cosine schedule with int(0.03 * total) warmup steps
     sched = get_cosine_schedule_with_warmup(opt, int(cfg.warmup_ratio * steps), steps)
+    scorer, opt = acc.prepare(EndScorer(model), opt)
     rng = random.Random(seed)
-    model.train()
-    with tqdm(total=steps, desc=f"{cfg.kind} model", unit="step") as bar:
+    scorer.train()
+    with tqdm(total=steps, desc=f"{cfg.kind} model", unit="step", disable=not acc.is_main_process) as bar:
         for _ in range(cfg.epochs):
             rng.shuffle(pairs)
             for i in range(0, len(pairs), cfg.batch_size):
-                loss, _, _ = _loss(model, tok, pairs[i:i + cfg.batch_size], cfg)
                 opt.zero_grad()
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                loss = batch_backward(acc, scorer, tok, pairs[i:i + cfg.batch_size], cfg)
+                acc.clip_grad_norm_(scorer.parameters(), cfg.max_grad_norm)
                 opt.step()
                 sched.step()
-                bar.set_postfix(loss=f"{loss.item():.3f}")
+                bar.set_postfix(loss=f"{loss:.3f}")
                 bar.update()
-    model.eval()
-    metrics = evaluate(model, tok, test, cfg, template)
-    if cfg.kind == "cost":
-        metrics["dropped_train_pairs"] = dropped     # safer_response_id contradicting the safety flags
-    model.save_pretrained(work / "model")
-    tok.save_pretrained(work / "model")
-    (work / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    metrics = {}
+    if acc.is_main_process:
+        model = acc.unwrap_model(scorer).model.eval()
+        metrics = evaluate(model, tok, test, cfg, template)
+        if cfg.kind == "cost":
+            metrics["dropped_train_pairs"] = dropped     # safer_response_id contradicting the safety flags
+        model.save_pretrained(work / "model")
+        tok.save_pretrained(work / "model")
+        (work / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    acc.wait_for_everyone()
     return metrics
+
+
+def batch_backward(acc, scorer, tok, batch: list[tuple], cfg: ScoreModelConfig) -> float:
+    """The gradient of one batch's mean loss, this process's share of it in micro-batches; returns the share's
+    loss. Both loss terms are means over pairs, so a micro-batch of m of the batch's B pairs weighs m / B (times the
+    process count, as DDP averages the processes' gradients), and the accumulated step is the whole batch's."""
+    world, rank = acc.num_processes, acc.process_index
+    mine = batch[rank::world]
+    # a process left without pairs (a last batch shorter than the process count) still takes part in the
+    # all-reduce, with a zero-weight pass
+    weight = world / len(batch)
+    chunks = [mine[j:j + (cfg.micro_batch or len(mine))] for j in range(0, len(mine), cfg.micro_batch or len(mine))] \
+        if mine else [batch[:1]]
+    total = 0.0
+    for k, chunk in enumerate(chunks):
+        share = weight * len(chunk) if mine else 0.0
+        with acc.no_sync(scorer) if k < len(chunks) - 1 else contextlib.nullcontext():
+            loss = _loss(scorer, tok, chunk, cfg)[0]
+            acc.backward(loss * share)
+        total += loss.item() * len(chunk)
+    return total / max(len(mine), 1)
 
 
 def evaluate(model, tok, rows: list[dict], cfg: ScoreModelConfig, template: str) -> dict:

@@ -79,11 +79,14 @@ def apply_overrides(config: dict, pairs: list[str]) -> dict:
 # -- typed sections: every key of a benchmark file is checked before any stage runs -------------------------
 @dataclass
 class DataConfig:
-    source: str = "world"          # "world" (the tiny world), "exact" (the exact world), a hub id, or a local .jsonl/.json/.parquet/.csv file
+    source: str = "world"          # "world" (the tiny world), "exact" (the exact world), a hub id, a local
+    #                                .jsonl/.json/.parquet/.csv file, or a URL of one (safealign/sources.py)
     revision: str = ""             # pin a hub commit for an exact reproduction
+    sha256: str = ""               # a URL source's pinned hash ("" = take it as it comes, log the hash)
     train_split: str = "train"
     test_split: str = "test"
     test_source: str = ""          # another source for the test split ("" = the same)
+    test_sha256: str = ""
 
 
 @dataclass
@@ -108,9 +111,10 @@ class ExactConfig:                 # the exact world's generator (safealign/exac
 
 @dataclass
 class PromptSetConfig:
-    source: str = ""
+    source: str = ""               # a local file, a hub id (at `revision`) or a URL (with `sha256`)
     split: str = "test"
     revision: str = ""
+    sha256: str = ""
     where: dict = field(default_factory=dict)   # keep rows whose columns equal these values
 
 

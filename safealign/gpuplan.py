@@ -19,7 +19,7 @@ SMOLLM2_135M = mp.Shape(hidden=576, layers=30, intermediate=1536, vocab=49152, h
 KNOWN_SHAPES = {"PKU-Alignment/alpaca-7b-reproduced": LLAMA_7B, "huggyllama/llama-7b": LLAMA_7B,
                 "smollm2-wheel": SMOLLM2_135M, "HuggingFaceTB/SmolLM2-135M-Instruct": SMOLLM2_135M}
 NO_GPU = ("world", "exact", "data", "base", "merge", "judge")
-FULL_ONLY = ("score-model", "rl")          # the suite's own training loops: no LoRA there (yet)
+FULL_ONLY = ("score-model", "rl")     # the suite's own training loops: DDP under a launch, no LoRA or sharding (yet)
 FROZEN_WEIGHT = 2       # bytes a bf16 weight takes to read
 PROMPT_TOKENS = 128     # a prompt's tokens in a generation batch's KV cache (the paper's max_prompt_length)
 TIGHT = 0.9             # above this share of a GPU's memory a stage is marked tight (allocator, CUDA context)
@@ -74,9 +74,9 @@ def need(spec, shape: mp.Shape, pairs: int, eval_prompts: int, hw: Hardware) -> 
     """What a stage of the plan holds and computes; None for a stage without a GPU."""
     if spec.kind in NO_GPU:
         return None
-    if hw.strategy in mp.ADAPTERS and spec.kind in FULL_ONLY:
+    if hw.strategy != "ddp" and spec.kind in FULL_ONLY:
         n = need(spec, shape, pairs, eval_prompts, replace(hw, strategy="ddp"))
-        return replace(n, strategy="ddp", note=f"{n.note}; no LoRA in this stage's code: full weights".lstrip("; "))
+        return replace(n, strategy="ddp", note=f"{n.note}; own loop: whole models on every GPU (DDP)".lstrip("; "))
     c, policy, score = spec.config, mp.params(shape), mp.params(shape, head_outputs=1)
     adapters = hw.strategy in mp.ADAPTERS
     if spec.kind in ("sft", "align"):
@@ -88,7 +88,8 @@ def need(spec, shape: mp.Shape, pairs: int, eval_prompts: int, hw: Hardware) -> 
     if spec.kind == "score-model":
         t = c["score"]
         tokens = 2 * pairs * t["epochs"] * t["max_length"]
-        micro = 2 * max(1, t["batch_size"] // hw.gpus) * t["max_length"]    # its batch is global (Safe RLHF's 16 x 8)
+        per_gpu = max(1, t["batch_size"] // hw.gpus)       # its batch is global (Safe RLHF's 16 x 8)
+        micro = 2 * min(per_gpu, t.get("micro_batch") or per_gpu) * t["max_length"]
         return Need([(score, True)], micro, mp.train_flops(score, 0, tokens, adapters))
     if spec.kind == "rl":
         return _rl_need(c["ppo"], policy, score, pairs, hw)
@@ -171,7 +172,9 @@ def fits(n: Need, shape: mp.Shape, hw: Hardware) -> str:
     for other in ("fsdp", "zero3-offload") + (() if n.strategy else ("lora", "qlora")):
         alt = memory(replace(n, strategy=""), shape, replace(hw, strategy=other))["total"]
         if other != hw.strategy and alt <= TIGHT * hw.gpu_memory:
-            return f"NO: {other} needs {alt:.1f}"
+            # a stage pinned to DDP by its code: what a sharded version of it would need, not a setting to pick
+            return f"NO: {other} would need {alt:.1f} (not in its code)" if n.strategy else \
+                f"NO: {other} needs {alt:.1f}"
     return "NO: nothing here fits; more GPUs"
 
 

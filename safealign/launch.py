@@ -22,7 +22,10 @@ from pathlib import Path
 from safealign import BenchError
 
 CONFIGS = Path(__file__).parent / "launch_configs"
-TRAINING_KINDS = ("sft", "align")     # the stages whose trainers are TRL's, which run under accelerate as they are
+# TRL's trainers (sft, align) run under accelerate as they are; the suite's own loops (score-model, rl) prepare
+# their models with accelerate, as DDP
+TRAINING_KINDS = ("sft", "align", "score-model", "rl")
+OWN_LOOPS = ("score-model", "rl")
 
 
 @dataclass

@@ -49,17 +49,22 @@ def write_exact(job) -> None:
 
 
 def write_external(job) -> None:
+    """The preference data and both prompt sets from their sources: local files, hub ids at a revision, or URLs
+    with a pinned sha256 (safealign/sources.py, downloaded once into the cache's downloads/)."""
     from safealign.data import load_preferences, load_prompts
+    from safealign.sources import resolve
     data_cfg, eval_cfg = job.config["data"], job.config["eval"]
-    rev, src = data_cfg.get("revision") or None, data_cfg["source"]
+    local = lambda src, sha: resolve(src, sha, job.root / "downloads", job.log)  # noqa: E731
+    rev, src = data_cfg.get("revision") or None, local(data_cfg["source"], data_cfg.get("sha256"))
+    test_src = local(data_cfg["test_source"], data_cfg.get("test_sha256")) if data_cfg.get("test_source") else src
     splits = {"train": load_preferences(src, data_cfg.get("train_split", "train"), rev),
-              "test": load_preferences(data_cfg.get("test_source") or src, data_cfg.get("test_split", "test"), rev)}
+              "test": load_preferences(test_src, data_cfg.get("test_split", "test"), rev)}
     for s in PROMPT_SETS:
         spec = eval_cfg.get(s)
         if not spec:
-            raise BenchError(f"benchmark has no eval_prompts.{s}: set it to a prompt file or hub id")
-        splits[f"{s}_eval"] = load_prompts(spec["source"], spec.get("split", "test"), spec.get("revision"), prefix=s,
-                                           where=spec.get("where"))
+            raise BenchError(f"benchmark has no eval_prompts.{s}: set it to a prompt file, hub id or URL")
+        splits[f"{s}_eval"] = load_prompts(local(spec["source"], spec.get("sha256")), spec.get("split", "test"),
+                                           spec.get("revision"), prefix=s, where=spec.get("where"))
     _write_splits(job.work, splits)
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from safealign import BenchError
 from safealign.config import apply_overrides, check_sections, load_benchmark
+from safealign.launch import OWN_LOOPS
 from safealign.pipeline import PROMPT_SETS
 from safealign.plan import DEFAULT_RESOURCES, Graph, Spec, call, is_done
 from safealign.registry import METHODS
@@ -165,6 +166,8 @@ class Run:
         runtime = dict(runtime or {})
         if self.launch.processes > 1 and kind in self.launch.kinds:     # how it runs, not what: not in the key
             runtime["launch"] = asdict(self.launch)
+            if kind in OWN_LOOPS:     # the suite's own loops have no sharded path: whole models on every rank
+                runtime["launch"]["config"] = "ddp"
             # a Ray task of a launched stage reserves a device (GPU, or else CPU) for each of its processes
             unit = "gpus" if resources["gpus"] else "cpus"
             resources[unit] = max(resources[unit], self.launch.processes)

@@ -1,7 +1,10 @@
+import functools
+import http.server
 import os
 import shutil
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -33,3 +36,20 @@ def reference_only_cache(tiny, tmp_path):
     for stage in ("world", "base", "sft"):
         shutil.copytree(tiny / "cache" / stage, cache / stage)
     return cache
+
+
+@pytest.fixture
+def loopback_files(tmp_path):
+    """A real HTTP server on 127.0.0.1 serving a folder: (base URL, the folder, the paths requested, the server)."""
+    served, hits = tmp_path / "served", []
+    served.mkdir()
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, fmt, *args):
+            hits.append(self.path)
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(served)))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", served, hits, httpd
+    httpd.shutdown()
+    httpd.server_close()

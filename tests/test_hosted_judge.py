@@ -12,7 +12,6 @@ import urllib.request
 import pytest
 
 from conftest import bench_run
-from helpers import tiny_model
 
 CHAT = "{% for m in messages %}{{ m['content'] }}\n{% endfor %}ASSISTANT:"
 

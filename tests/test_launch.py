@@ -57,3 +57,42 @@ def test_a_launched_stage_is_planned_with_its_processes_and_the_same_key(tmp_pat
     assert step["launched"].runtime["launch"]["processes"] == 4 and step["launched"].resources["cpus"] == 4
     gen = next(s for s in launched.graph if s.kind == "generate")
     assert "launch" not in gen.runtime and gen.resources["cpus"] == 1      # only training kinds are launched
+
+
+def test_ppo_lagrangian_on_two_processes_reaches_the_single_process_curves(reference_only_cache, tmp_path):
+    """Safe RLHF's score models and a short PPO-Lagrangian stage (4 steps of 8 rollouts) on one process, then all
+    three on two (half of each batch per process, DDP models, episodes gathered for lambda). Every answer is
+    sampled from its own seed (methods/rollouts.py), so both runs train on the same answers; what differs is
+    float order (the all-reduce, the narrower padding of a half batch), ~1e-6 on these figures. Tolerance 1e-3
+    relative: a sampled token flipped by that noise would move a step's reward or loss by ~1e-2 and fail the
+    test, as would a shard trained on the wrong prompts or pairs."""
+    import shutil
+    small = ["--set", "diagnostics.samples=0", "--set", "judge.all_pairs=false", "--set", "methods.saferlhf.steps=4",
+             "--set", "methods.saferlhf.rollout_batch=8", "--set", "methods.saferlhf.max_new_tokens=16"]
+    one = bench_run("saferlhf", tmp_path / "one", reference_only_cache, *small)
+    assert one.returncode == 0, one.stderr[-3000:]
+    cache2 = tmp_path / "cache2"
+    shutil.copytree(reference_only_cache, cache2, ignore=shutil.ignore_patterns("score-model", "rl", "generate",
+                                                                               "judge*"))
+    two = bench_run("saferlhf", tmp_path / "two", cache2, *small, "--set", "launch.processes=2")
+    assert two.returncode == 0, two.stderr[-3000:]
+    curves = {}
+    for name, cache in (("one", reference_only_cache), ("two", cache2)):
+        (stage,) = list(cache.glob("rl/*/curves.jsonl"))
+        curves[name] = [json.loads(x) for x in stage.read_text().splitlines()]
+    assert len(curves["one"]) == len(curves["two"]) == 4
+    keys = ("reward", "cost", "lambda", "window", "actor_loss", "critic_loss", "kl", "length")
+    gap = max(abs(b[k] - a[k]) / max(abs(a[k]), 1e-5) for a, b in zip(curves["one"], curves["two"]) for k in keys)
+    print(f"PPO 2 processes vs 1: largest relative difference {gap:.2e}")
+    for a, b in zip(curves["one"], curves["two"]):
+        for key in keys:
+            assert b[key] == pytest.approx(a[key], rel=1e-3, abs=1e-5), (a["step"], key)
+    assert len({c["actor_loss"] for c in curves["one"]}) == 4        # the figures moved: a real comparison
+    for kind in ("reward", "cost"):                                     # the score models, trained on 2 processes
+        metrics = [json.loads(p.read_text()) for c in (reference_only_cache, cache2)
+                   for p in c.glob("score-model/*/metrics.json") if json.loads(p.read_text()).get("pairs")
+                   and (kind == "cost") == ("sign_accuracy" in json.loads(p.read_text()))]
+        assert len(metrics) == 2 and metrics[0] == metrics[1], metrics
+    (launched,) = [p.parent for p in cache2.glob("rl/*/curves.jsonl")]
+    assert sorted(p.name for p in launched.glob("rank*.log")) == ["rank0.log", "rank1.log"]
+    assert (tmp_path / "two" / "run.log").read_text().count("accelerate launch, 2 processes, ddp") == 3

@@ -127,3 +127,36 @@ def test_shuffled_pass_takes_every_prompt_once_per_epoch():
     assert sorted(epoch1[0] + epoch1[1] + epoch1[2][:2]) == list(range(n))
     assert epoch1 != epoch0                               # a fresh shuffle each pass
     assert shuffled_pass(n, batch, 4, seed=0) == epoch1[1]      # a pure function of the step (resume)
+
+
+def test_grouped_loss_by_hand_and_split_over_two_processes():
+    from safealign.methods.rl_math import grouped_loss
+    per_seq, group = torch.tensor([1.0, 2.0, 3.0]), torch.tensor([0, 0, 1])
+    # RePO's two halves: mean(1, 2) and 3 weigh the same -> (1.5 + 3) / 2
+    assert grouped_loss(per_seq, group, torch.tensor([2, 1])).item() == pytest.approx(2.25)
+    # one group: the plain batch mean
+    assert grouped_loss(per_seq, torch.zeros(3, dtype=torch.long), torch.tensor([3, 0])).item() == pytest.approx(2.0)
+    # rows 0-1 on one process and row 2 on another, whole-batch counts: the mean over processes is the same 2.25
+    a = grouped_loss(per_seq[:2], group[:2], torch.tensor([2, 1]), world=2)
+    b = grouped_loss(per_seq[2:], group[2:], torch.tensor([2, 1]), world=2)
+    assert a.item() == pytest.approx(1.5) and b.item() == pytest.approx(3.0)
+    assert ((a + b) / 2).item() == pytest.approx(2.25)
+
+
+def test_gumbel_sampler_draws_softmax_and_each_row_from_its_own_seed():
+    from safealign.methods.rollouts import GumbelSampler, row_seeds
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.2]]))
+    draws = []
+    for s in range(4000):       # argmax(logits / T + Gumbel) is a sample of softmax(logits / T)
+        draws.append(int(GumbelSampler([s], 1.0, "cpu")(None, logits).argmax()))
+    freq = torch.bincount(torch.tensor(draws), minlength=3).float() / len(draws)
+    assert freq.tolist() == pytest.approx([0.5, 0.3, 0.2], abs=0.03)        # 4 standard errors at n = 4000
+    # T = 0.5 sharpens to softmax(2 logits) = [25, 9, 4] / 38
+    sharp = [int(GumbelSampler([s], 0.5, "cpu")(None, logits).argmax()) for s in range(4000)]
+    assert (torch.bincount(torch.tensor(sharp), minlength=3).float() / 4000).tolist() == \
+        pytest.approx([25 / 38, 9 / 38, 4 / 38], abs=0.03)
+    # a row's noise depends on its seed alone, not on the rows beside it
+    seeds = row_seeds(0, 3, 0, 4)
+    both = GumbelSampler(seeds, 1.0, "cpu")(None, torch.zeros(4, 5))
+    half = GumbelSampler(seeds[2:], 1.0, "cpu")(None, torch.zeros(2, 5))
+    assert torch.equal(both[2:], half) and row_seeds(0, 3, 2, 2) == seeds[2:] and len(set(seeds)) == 4

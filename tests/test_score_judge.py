@@ -59,6 +59,7 @@ def bos_models(folder):
 def test_rollouts_ptx_and_score_models_use_the_trl_ids_of_a_bos_tokenizer(tmp_path):
     from safealign import tokens
     from safealign.methods import ppo, score_model
+    from safealign.methods.rollouts import row_seeds
     sft, tok, rm, cm = bos_models(tmp_path)
     prompts = [TEMPLATE.format(input=q) for q in ("how do i cook rice ?", "what is a good way to relax ?")]
     answers = [" rinse the rice .", " take a walk ."]
@@ -70,8 +71,7 @@ def test_rollouts_ptx_and_score_models_use_the_trl_ids_of_a_bos_tokenizer(tmp_pa
         assert ids[i][mask[i] == 1].tolist() == p_ids + a_ids
 
     m = ppo.Models(sft, rm, cm, ppo.PPOConfig(max_new_tokens=4), steps=1)
-    torch.manual_seed(0)
-    b = ppo.rollout(m, prompts, ppo.PPOConfig(max_new_tokens=4))
+    b = ppo.rollout(m, prompts, row_seeds(0, 0, 0, 2), ppo.PPOConfig(max_new_tokens=4))
     for i, p in enumerate(prompts):                                     # the actor's prompt ids = TRL's = vLLM's
         row = b["seq"][i][b["attn"][i] == 1].tolist()
         assert row[:len(tokens.prompt_ids(tok, p))] == tokens.prompt_ids(tok, p)
@@ -119,3 +119,29 @@ def test_cost_model_drops_pairs_whose_safer_answer_is_the_unsafe_one():
     pairs, dropped = score_model._pairs(rows, "cost", "{input}")
     assert dropped == 1 and len(pairs) == 4                  # row 2: safer = response_0, labelled unsafe; 1 safe
     assert len(score_model._pairs(rows, "reward", "{input}")[0]) == 5          # the reward model keeps them all
+
+
+def test_score_model_micro_batches_take_the_whole_batch_gradient(tmp_path):
+    """A batch of 6 pairs in micro-batches of 4 + 2 (gradients accumulated, each weighted by its share of the batch)
+    gives the whole batch's gradient, up to float order. (Weights after Adam steps are not compared: Adam divides by
+    the root of tiny second moments, which turns 1e-9 gradient noise into visible weight differences.)"""
+    from accelerate import Accelerator
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from safealign import world
+    from safealign.methods.score_model import EndScorer, ScoreModelConfig, _pairs, batch_backward
+    base = tiny_model(tmp_path / "lm")
+    tok = AutoTokenizer.from_pretrained(base)
+    pairs, _ = _pairs(world.build()["train"][:6], "cost", "USER: {input} ASSISTANT:")
+    grads, losses = {}, {}
+    for micro in (0, 4):
+        torch.manual_seed(0)                                      # the same new score head in both
+        model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1)
+        model.config.pad_token_id = tok.pad_token_id
+        scorer = EndScorer(model)
+        losses[micro] = batch_backward(Accelerator(cpu=True), scorer, tok, pairs, ScoreModelConfig(kind="cost",
+                                                                                                micro_batch=micro))
+        grads[micro] = {n: p.grad.clone() for n, p in scorer.named_parameters() if p.grad is not None}
+    assert losses[4] == pytest.approx(losses[0], rel=1e-6) and len(grads[0]) == len(grads[4]) > 10
+    scale = max(g.abs().max().item() for g in grads[0].values())
+    assert scale > 1e-3 and all(torch.allclose(grads[0][n], grads[4][n], atol=1e-6 * scale) for n in grads[0])
