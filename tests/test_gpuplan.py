@@ -70,12 +70,20 @@ def test_bench_plan_for_paper_on_8_and_on_1_gpu(capsys):
     assert main(["plan", "--benchmark", "paper", "--methods", "sacpo", "--gpus", "1", "--strategy", "ddp"]) == 0
     one = capsys.readouterr().out
     assert "NO: " in next(ln for ln in one.splitlines() if ln.strip().startswith("dpo-h "))
-    # One GPU with LoRA: the DPO steps fit; the suite's own loops have no LoRA, and the plan says so.
+    # One GPU with LoRA: the DPO steps fit, and so does Safe RLHF's PPO, whose three frozen models are the bases
+    # of its three trained ones (6.7B + 2 x 6.6B bf16 = 37.9 GiB with the adapters' states); the score models at
+    # batch 128 in one micro-batch are tight, and micro-batches of 16 bring them down.
     assert main(["plan", "--benchmark", "paper", "--methods", "sacpo,saferlhf", "--gpus", "1", "--strategy",
                  "lora"]) == 0
     lora = {ln.split()[0]: ln for ln in capsys.readouterr().out.splitlines()[2:] if ln.strip()}
     assert "adapters on" in lora["sacpo@0.025"] and " yes " in lora["sacpo@0.025"]
-    assert "own loop" in lora["saferlhf"] and "NO:" in lora["saferlhf"] and "x12" in lora["generate"]
+    assert "adapters on 6.7B + 6.6B + 6.6B" in lora["saferlhf"] and " yes " in lora["saferlhf"]
+    assert "frozen" not in lora["saferlhf"] and " 37.9 " in lora["saferlhf"] and "x12" in lora["generate"]
+    assert " tight " in lora["reward"]
+    assert main(["plan", "--benchmark", "paper", "--methods", "saferlhf", "--gpus", "1", "--strategy", "lora",
+                 "--set", "methods.saferlhf.score_model_micro_batch=16"]) == 0
+    micro = {ln.split()[0]: ln for ln in capsys.readouterr().out.splitlines()[2:] if ln.strip()}
+    assert " yes " in micro["reward"] and " yes " in micro["cost"]
 
 
 def test_bad_plans_are_one_line_errors(capsys, tmp_path):

@@ -39,3 +39,53 @@ def test_lora_needs_the_step_to_start_from_its_reference(tmp_path):
     cfg = StepConfig(lora_rank=4, epochs=1, batch_size=8, max_length=64)
     with pytest.raises(BenchError, match="lora_rank = 4.*adapters off"):
         make_trainer(cfg, a, b, world.build()["train"][:8], "{input}", tmp_path / "w", seed=0)
+
+
+def test_safe_rlhf_with_lora_holds_three_bases_and_saves_merged_models(tmp_path):
+    """Safe RLHF's loops with adapters: the frozen reference, reward and cost models are the actor's and the
+    critics' bases with the adapters off (scored to 1e-5 as the separate models score), and the score model and
+    the actor are saved merged, changed only where the adapters sit."""
+    from transformers import AutoModelForSequenceClassification
+
+    from helpers import score_model
+    from safealign.methods import ppo
+    from safealign.methods.rollouts import row_seeds
+    from safealign.methods.score_model import ScoreModelConfig, end_scores, train_score_model
+    sft = tiny_model(tmp_path / "sft")
+    rows = world.build()["train"][:16]
+    template = "USER: {input} ASSISTANT:"
+    cfg = ScoreModelConfig(kind="cost", epochs=1, batch_size=8, learning_rate=1e-2, lora_rank=4)
+    train_score_model(cfg, sft, rows, rows[:4], template, tmp_path / "cm", seed=0)
+    cm = tmp_path / "cm" / "model"
+    assert not (cm / "adapter_config.json").exists()
+    start = AutoModelForSequenceClassification.from_pretrained(sft, num_labels=1).state_dict()
+    trained = AutoModelForSequenceClassification.from_pretrained(cm, num_labels=1).state_dict()
+    q, mlp = "model.layers.0.self_attn.q_proj.weight", "model.layers.0.mlp.up_proj.weight"
+    assert torch.equal(trained[mlp], start[mlp]) and not torch.allclose(trained[q], start[q])
+
+    rm = score_model(tmp_path / "rm", sft, 1)
+    pcfg = ppo.PPOConfig(steps=2, rollout_batch=4, max_new_tokens=8, actor_lr=1e-2, critic_lr=1e-3, lora_rank=4)
+    m = ppo.Models(sft, rm, cm, pcfg, steps=2)
+    assert m.ref is None and m.rm is None and m.cm is None
+    with torch.no_grad():       # trained adapters and heads (as after some steps): the twins must not see them
+        for model in (m.actor, m.vr, m.vc):
+            for p in (p for p in m.core(model).parameters() if p.requires_grad):
+                p.add_(0.1 * torch.randn_like(p))
+    prompts = [template.format(input=r["prompt"]) for r in rows[:4]]
+    b = ppo.rollout(m, prompts, row_seeds(0, 0, 0, 4), pcfg)
+    for kind, path in (("reward", rm), ("cost", cm)):
+        alone = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1).eval()
+        with torch.no_grad():
+            expected = end_scores(alone, b["seq"], b["attn"], b["pos"])
+        assert b[kind].tolist() == pytest.approx(expected.tolist(), abs=1e-5)
+    with torch.no_grad():
+        plain = ppo.token_logps(load_policy(sft)[0], b["seq"], b["attn"], b["pos"], b["start"])
+    assert torch.allclose(b["ref_logp"], plain, atol=1e-5) and not torch.allclose(b["old_logp"], plain, atol=1e-3)
+    assert not torch.allclose(b["v_r"][:, -1], b["reward"], atol=1e-3)      # the critic itself has moved
+
+    ppo.train_ppo(pcfg, sft, rm, cm, rows, template, tmp_path / "rl", seed=0)
+    assert not (tmp_path / "rl" / "model" / "adapter_config.json").exists()
+    actor, base = load_policy(tmp_path / "rl" / "model")[0].state_dict(), load_policy(sft)[0].state_dict()
+    assert torch.equal(actor[mlp], base[mlp]) and not torch.allclose(actor[q], base[q])
+    with pytest.raises(BenchError, match="rollouts = 'vllm' with lora_rank > 0"):
+        ppo.check_processes(ppo.PPOConfig(lora_rank=4, rollouts="vllm"), 1)
