@@ -29,6 +29,7 @@ the few unsafe samples of a mostly safe batch still steer the update.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -43,7 +44,7 @@ from safealign import BenchError
 from safealign.methods.rl_math import (clipped_value_loss, combined_advantage, gae, grouped_loss, lagrange_update,
                                        rectified, shuffled_pass, surrogate_tokens, token_rewards, violations)
 from safealign.methods.rollouts import BACKENDS, VLLMRollouts, hf_answers, row_seeds
-from safealign.methods.score_model import ADAM_BETAS, adamw, end_scores
+from safealign.methods.score_model import ADAM_BETAS, EndScorer, adamw, end_scores
 from safealign.stages import write_jsonl
 
 
@@ -98,15 +99,29 @@ def total_steps(cfg: PPOConfig, n_prompts: int) -> int:
 
 class Models:
     """The six models on accelerate's device. The actor and the critics are prepared by accelerate (DDP-wrapped
-    under a launch); `core(...)` is the bare model, for the passes without gradients."""
+    under a launch), or with `sharded` all six are split over the processes (methods/sharding.py, FSDP2);
+    `core(...)` is the bare model, for the passes without gradients."""
 
-    def __init__(self, sft: Path, reward: Path, cost: Path, cfg: PPOConfig, steps: int):
+    def __init__(self, sft: Path, reward: Path, cost: Path, cfg: PPOConfig, steps: int, sharded: bool = False):
         from accelerate import Accelerator
-        from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification,
-                                  AutoModelForTokenClassification, AutoTokenizer, get_cosine_schedule_with_warmup)
+        from transformers import AutoTokenizer
+
+        from safealign.methods.sharding import whole_loading
         self.acc = Accelerator(cpu=not torch.cuda.is_available())
         self.tok = AutoTokenizer.from_pretrained(sft)
         self.tok.pad_token = self.tok.pad_token or self.tok.eos_token
+        with whole_loading() if sharded else contextlib.nullcontext():
+            self._load(sft, reward, cost, cfg)
+        # the frozen score models are read through their parts (end_scores): an EndScorer is the module called
+        self.scorers = {k: EndScorer(x) for k, x in (("reward", self.rm), ("cost", self.cm)) if x is not None}
+        self.sharded = sharded
+        if sharded:
+            self._shard(cfg)
+        self._optimisers(cfg, steps)
+
+    def _load(self, sft: Path, reward: Path, cost: Path, cfg: PPOConfig) -> None:
+        from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification,
+                                  AutoModelForTokenClassification)
         self.actor = AutoModelForCausalLM.from_pretrained(sft)
         self.vr = AutoModelForTokenClassification.from_pretrained(reward, num_labels=1)
         self.vc = AutoModelForTokenClassification.from_pretrained(cost, num_labels=1)
@@ -122,18 +137,41 @@ class Models:
         for m in (self.rm, self.cm, self.vr, self.vc):
             if m is not None:
                 m.config.pad_token_id = self.tok.pad_token_id
-        # Safe RLHF's ppo-lag.sh: actor weight decay 0.01, cosine with warmup 0.03; critics weight decay 0 at a
-        # constant rate; every optimiser Adam with betas (0.9, 0.95)
+
+    def _optimisers(self, cfg: PPOConfig, steps: int) -> None:
+        """Created after sharding (the optimisers hold the shards). Safe RLHF's ppo-lag.sh: actor weight decay
+        0.01, cosine with warmup 0.03; critics weight decay 0 at a constant rate; every optimiser Adam with betas
+        (0.9, 0.95)."""
+        from transformers import get_cosine_schedule_with_warmup
         self.opt_actor = adamw(self.actor, cfg.actor_lr, cfg.actor_weight_decay)
         critic_params = [p for c in (self.vr, self.vc) for p in c.parameters() if p.requires_grad]
         self.opt_critics = torch.optim.AdamW(critic_params, lr=cfg.critic_lr, betas=ADAM_BETAS,
                                              weight_decay=cfg.critic_weight_decay)
         # not prepared: accelerate's scheduler wrapper steps once per process, and the schedule counts actor steps
         self.sched = get_cosine_schedule_with_warmup(self.opt_actor, int(cfg.actor_warmup_ratio * steps), max(steps, 1))
-        self.actor, self.vr, self.vc, self.opt_actor, self.opt_critics = self.acc.prepare(
-            self.actor, self.vr, self.vc, self.opt_actor, self.opt_critics)
-        self.ref, self.rm, self.cm = (x if x is None else self.acc.prepare_model(x, evaluation_mode=True)
-                                      for x in (self.ref, self.rm, self.cm))
+        if not self.sharded:
+            self.actor, self.vr, self.vc, self.opt_actor, self.opt_critics = self.acc.prepare(
+                self.actor, self.vr, self.vc, self.opt_actor, self.opt_critics)
+            self.ref, self.rm, self.cm = (x if x is None else self.acc.prepare_model(x, evaluation_mode=True)
+                                          for x in (self.ref, self.rm, self.cm))
+
+    def _shard(self, cfg: PPOConfig) -> None:
+        from safealign.methods import sharding
+        if cfg.lora_rank > 0:
+            raise BenchError("ppo lora_rank > 0 under FSDP is not built: use launch.config = 'ddp' with LoRA")
+        for model in (self.actor, self.vr, self.vc, self.ref):
+            sharding.shard(model)
+        for kind, model in (("reward", self.rm), ("cost", self.cm)):
+            sharding.shard(model, root=self.scorers[kind])
+        sharding.report(self.acc, {"actor": self.actor, "reference": self.ref, "reward critic": self.vr,
+                                   "cost critic": self.vc, "reward model": self.rm, "cost model": self.cm})
+
+    def clip(self, model, max_norm: float) -> None:
+        if self.sharded:
+            from safealign.methods.sharding import clip
+            clip(model.parameters(), max_norm)
+        else:
+            self.acc.clip_grad_norm_(model.parameters(), max_norm)
 
     def _adapters(self, cfg: PPOConfig) -> None:
         from peft import get_peft_model
@@ -161,16 +199,23 @@ class Models:
 
     def scores(self, kind: str, seq, attn, pos) -> torch.Tensor:
         """The frozen reward or cost model's end scores (with LoRA: its critic twin, adapters and head off)."""
-        frozen = self.rm if kind == "reward" else self.cm
-        if frozen is not None:
-            return end_scores(frozen, seq, attn, pos)
+        if kind in self.scorers:
+            return self.scorers[kind](seq, attn, pos)
         critic = self.core(self.vr if kind == "reward" else self.vc)
         with critic.disable_adapter():
             return end_scores(critic.get_base_model(), seq, attn, pos)
 
-    def final_actor(self):
+    def save_actor(self, folder: Path) -> None:
+        """The trained actor as one plain checkpoint, written by the main process (adapters merged; shards
+        gathered, which every process takes part in)."""
         actor = self.core(self.actor)
-        return actor.merge_and_unload() if self.ref is None else actor
+        if self.sharded:
+            from safealign.methods.sharding import full_model_state
+            state = full_model_state(actor)
+            if self.acc.is_main_process:
+                actor.save_pretrained(folder, state_dict=state)
+        elif self.acc.is_main_process:
+            (actor.merge_and_unload() if self.ref is None else actor).save_pretrained(folder)
 
 
 def token_logps(model, seq, attn, pos, start: int) -> torch.Tensor:
@@ -194,7 +239,8 @@ def rollout(m: Models, prompts: list[str], seeds: list[int], cfg: PPOConfig, eng
     with torch.no_grad():
         actor.eval()
         if engine is None:
-            resp = hf_answers(actor, ids, prompt_mask, seeds, cfg.max_new_tokens, cfg.temperature, m.tok.pad_token_id)
+            resp = hf_answers(actor, ids, prompt_mask, seeds, cfg.max_new_tokens, cfg.temperature, m.tok.pad_token_id,
+                              synced=m.sharded)
         else:
             resp = engine.answers([prompt_ids(m.tok, p) for p in prompts], cfg.max_new_tokens, cfg.temperature,
                                   m.tok.pad_token_id, m.acc.device)
@@ -251,7 +297,7 @@ def ppo_step(m: Models, b: dict, lam: float, cfg: PPOConfig, ptx: dict | None) -
     adv_c, ret_c = gae(cst, b["v_c"], mask, cfg.gamma, cfg.gae_lambda)
     m.opt_actor.zero_grad()
     loss, ptx_loss = actor_backward(m, actor_loss(m, b, combined_advantage(adv_r, adv_c, lam), cfg), cfg, ptx)
-    m.acc.clip_grad_norm_(m.actor.parameters(), cfg.max_grad_norm)   # Safe RLHF: gradient_clipping 1.0
+    m.clip(m.actor, cfg.max_grad_norm)   # Safe RLHF: gradient_clipping 1.0
     m.opt_actor.step()
     m.sched.step()
     kw = {"input_ids": b["seq"], "attention_mask": b["attn"], "position_ids": b["pos"]}
@@ -263,7 +309,7 @@ def ppo_step(m: Models, b: dict, lam: float, cfg: PPOConfig, ptx: dict | None) -
     m.opt_critics.zero_grad()
     m.acc.backward(critic_loss)
     for critic in (m.vr, m.vc):     # each critic is its own DeepSpeed engine there, clipped on its own
-        m.acc.clip_grad_norm_(critic.parameters(), cfg.max_grad_norm)
+        m.clip(critic, cfg.max_grad_norm)
     m.opt_critics.step()
     local = torch.tensor([loss, critic_loss.item(), ptx_loss, float(kl.sum(-1).mean()), float(mask.sum(-1).mean())],
                          device=m.acc.device)
@@ -306,13 +352,20 @@ def multiplier_step(cfg: PPOConfig, log_lambda: float, window: deque, cost: torc
 
 def save_checkpoint(path: Path, m: Models, step: int, log_lambda: float, window: deque, curves: list) -> None:
     """Everything the loop needs to continue exactly where it stopped, in one file replaced atomically by the main
-    process (every process holds the same weights). The position in the shuffled prompt and PTX passes and each
-    answer's sampling seed are functions of the step (rl_math.shuffled_pass, rollouts.row_seeds)."""
+    process (every process holds the same weights, or under FSDP their shards are gathered first). The position
+    in the shuffled prompt and PTX passes and each answer's sampling seed are functions of the step
+    (rl_math.shuffled_pass, rollouts.row_seeds)."""
+    state = {"step": step, "log_lambda": log_lambda, "window": list(window), "curves": curves,
+             "sched": m.sched.state_dict()}
+    if m.sharded:
+        from safealign.methods.sharding import full_state
+        state["actor"], state["opt_actor"] = full_state(m.actor, m.opt_actor)
+        state["critics"], state["opt_critics"] = full_state(torch.nn.ModuleList([m.vr, m.vc]), m.opt_critics)
+    else:
+        state.update({"actor": m.core(m.actor).state_dict(), "vr": m.core(m.vr).state_dict(),
+                      "vc": m.core(m.vc).state_dict(), "opt_actor": m.opt_actor.state_dict(),
+                      "opt_critics": m.opt_critics.state_dict()})
     if m.acc.is_main_process:
-        state = {"step": step, "log_lambda": log_lambda, "window": list(window), "curves": curves,
-                 "actor": m.core(m.actor).state_dict(), "vr": m.core(m.vr).state_dict(),
-                 "vc": m.core(m.vc).state_dict(), "opt_actor": m.opt_actor.state_dict(),
-                 "opt_critics": m.opt_critics.state_dict(), "sched": m.sched.state_dict()}
         tmp = path.with_suffix(".tmp")
         torch.save(state, tmp)
         os.replace(tmp, path)
@@ -320,10 +373,16 @@ def save_checkpoint(path: Path, m: Models, step: int, log_lambda: float, window:
 
 
 def load_checkpoint(path: Path, m: Models) -> dict:
-    state = torch.load(path, weights_only=False, map_location=m.acc.device)
+    state = torch.load(path, weights_only=False, map_location="cpu" if m.sharded else m.acc.device)
+    m.sched.load_state_dict(state["sched"])
+    if m.sharded:
+        from safealign.methods.sharding import load_full_state
+        load_full_state(m.actor, m.opt_actor, state["actor"], state["opt_actor"])
+        load_full_state(torch.nn.ModuleList([m.vr, m.vc]), m.opt_critics, state["critics"], state["opt_critics"])
+        return state
     for name in ("actor", "vr", "vc"):
         m.core(getattr(m, name)).load_state_dict(state[name])
-    for name in ("opt_actor", "opt_critics", "sched"):
+    for name in ("opt_actor", "opt_critics"):
         getattr(m, name).load_state_dict(state[name])
     return state
 
@@ -335,7 +394,8 @@ def train_ppo(cfg: PPOConfig, sft: Path, reward: Path, cost: Path, rows: list[di
     prompts = [template.format(input=r["prompt"]) for r in rows]
     examples = sft_rows(rows, template) if cfg.ptx_coeff > 0 else []      # PTX: the SFT stage's own examples
     steps = total_steps(cfg, len(prompts))
-    m = Models(sft, reward, cost, cfg, steps)
+    from safealign.methods.sharding import requested
+    m = Models(sft, reward, cost, cfg, steps, sharded=requested())
     check_processes(cfg, m.acc.num_processes)
     log_lambda, window, curves, first = math.log(cfg.lambda_init), deque(maxlen=cfg.episode_window), [], 0
     work.mkdir(parents=True, exist_ok=True)
@@ -356,8 +416,8 @@ def train_ppo(cfg: PPOConfig, sft: Path, reward: Path, cost: Path, rows: list[di
         if engine is not None:
             engine.close()
             shutil.rmtree(work / "rollout-weights", ignore_errors=True)
+    m.save_actor(work / "model")
     if m.acc.is_main_process:
-        m.final_actor().save_pretrained(work / "model")
         m.tok.save_pretrained(work / "model")
         write_jsonl(work / "curves.jsonl", curves)
         (work / "config.json").write_text(json.dumps(asdict(cfg), indent=2))

@@ -41,13 +41,14 @@ class GumbelSampler:
 
 
 def hf_answers(actor, ids: torch.Tensor, mask: torch.Tensor, seeds: list[int], max_new_tokens: int,
-               temperature: float, pad_id: int) -> torch.Tensor:
-    """The sampled answer tokens (B, T) after the left-padded prompts, pad after a row's end."""
+               temperature: float, pad_id: int, synced: bool = False) -> torch.Tensor:
+    """The sampled answer tokens (B, T) after the left-padded prompts, pad after a row's end. `synced`: the
+    actor is sharded, so every process keeps decoding until all are done (each step gathers the layers)."""
     from transformers import LogitsProcessorList
     sampler = GumbelSampler(seeds, temperature, ids.device)
     seq = actor.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=max_new_tokens,
                          logits_processor=LogitsProcessorList([sampler]), pad_token_id=pad_id,
-                         temperature=None, top_p=None, top_k=None)
+                         temperature=None, top_p=None, top_k=None, synced_gpus=synced)
     return seq[:, ids.shape[1]:]
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from safealign import BenchError
 from safealign.methods.rl_math import cost_model_loss, reward_model_loss
 
 ADAM_BETAS = (0.9, 0.95)       # Safe RLHF's ADAM_BETAS, used by every one of its optimisers
@@ -77,8 +78,9 @@ class EndScorer(torch.nn.Module):
         # a peft model: its HF model, whose layers carry the adapters (end_scores reads the base and the head)
         self.model = model.get_base_model() if hasattr(model, "get_base_model") else model
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return end_scores(self.model, input_ids, attention_mask)
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        return end_scores(self.model, input_ids, attention_mask, position_ids)
 
 
 def score(model, tok, prompts: list[str], answers: list[str], max_length: int) -> torch.Tensor:
@@ -137,17 +139,28 @@ def adamw(model, lr: float, weight_decay: float) -> torch.optim.AdamW:
 
 def train_score_model(cfg: ScoreModelConfig, base: Path, train: list[dict], test: list[dict], template: str,
                       work: Path, seed: int) -> dict:
-    """Train, evaluate and save (main process) a score model. Under `accelerate launch` (DDP) every process takes
-    its share of each batch and the gradients are averaged, so N processes take the steps one process would."""
+    """Train, evaluate and save (main process) a score model. Under `accelerate launch` every process takes its
+    share of each batch and the gradients are averaged (DDP, or under an FSDP launch the model is sharded:
+    methods/sharding.py), so N processes take the steps one process would."""
     from accelerate import Accelerator
     from tqdm import tqdm
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_cosine_schedule_with_warmup
+
+    from safealign.methods import sharding
     torch.manual_seed(seed)
     acc = Accelerator(cpu=not torch.cuda.is_available())
+    sharded = sharding.requested()
+    if sharded and cfg.lora_rank > 0:
+        raise BenchError("score model lora_rank > 0 under FSDP is not built: use launch.config = 'ddp' with LoRA")
     tok = AutoTokenizer.from_pretrained(base)
     tok.pad_token = tok.pad_token or tok.eos_token
-    model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1)
+    with sharding.whole_loading() if sharded else contextlib.nullcontext():
+        model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1)
     model.config.pad_token_id = tok.pad_token_id
+    scorer = EndScorer(model)
+    if sharded:
+        sharding.shard(model, root=scorer)
+        sharding.report(acc, {f"{cfg.kind} model": model})
     if cfg.lora_rank > 0:
         from peft import get_peft_model
 
@@ -158,7 +171,8 @@ def train_score_model(cfg: ScoreModelConfig, base: Path, train: list[dict], test
     opt = adamw(model, cfg.learning_rate, cfg.weight_decay)
     # Safe RLHF's score-model scripts: cosine schedule with int(0.03 * total) warmup steps
     sched = get_cosine_schedule_with_warmup(opt, int(cfg.warmup_ratio * steps), steps)
-    scorer, opt = acc.prepare(EndScorer(model), opt)
+    if not sharded:
+        scorer, opt = acc.prepare(EndScorer(model), opt)
     rng = random.Random(seed)
     scorer.train()
     with tqdm(total=steps, desc=f"{cfg.kind} model", unit="step", disable=not acc.is_main_process) as bar:
@@ -167,12 +181,22 @@ def train_score_model(cfg: ScoreModelConfig, base: Path, train: list[dict], test
             for i in range(0, len(pairs), cfg.batch_size):
                 opt.zero_grad()
                 loss = batch_backward(acc, scorer, tok, pairs[i:i + cfg.batch_size], cfg)
-                acc.clip_grad_norm_(scorer.parameters(), cfg.max_grad_norm)
+                if sharded:
+                    sharding.clip(scorer.parameters(), cfg.max_grad_norm)
+                else:
+                    acc.clip_grad_norm_(scorer.parameters(), cfg.max_grad_norm)
                 opt.step()
                 sched.step()
                 bar.set_postfix(loss=f"{loss:.3f}")
                 bar.update()
     metrics = {}
+    if sharded:           # one whole copy, on the main process, gathered from the shards
+        state = {k.removeprefix("model."): v for k, v in sharding.full_model_state(scorer).items()}
+        if acc.is_main_process:
+            model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1)
+            model.load_state_dict(state)
+            model.config.pad_token_id = tok.pad_token_id
+            model.to(acc.device)
     if acc.is_main_process:
         # the score model itself (prepare moved it to the device in place); adapters merged into the weights
         model = (model.merge_and_unload() if cfg.lora_rank > 0 else model).eval()

@@ -19,7 +19,7 @@ SMOLLM2_135M = mp.Shape(hidden=576, layers=30, intermediate=1536, vocab=49152, h
 KNOWN_SHAPES = {"PKU-Alignment/alpaca-7b-reproduced": LLAMA_7B, "huggyllama/llama-7b": LLAMA_7B,
                 "smollm2-wheel": SMOLLM2_135M, "HuggingFaceTB/SmolLM2-135M-Instruct": SMOLLM2_135M}
 NO_GPU = ("world", "exact", "data", "base", "merge", "judge")
-FULL_ONLY = ("score-model", "rl")     # the suite's own training loops: DDP under a launch, LoRA, no sharding (yet)
+FULL_ONLY = ("score-model", "rl")     # the suite's own training loops: DDP, FSDP (fully_shard) or LoRA, no ZeRO
 FROZEN_WEIGHT = 2       # bytes a bf16 weight takes to read
 PROMPT_TOKENS = 128     # a prompt's tokens in a generation batch's KV cache (the paper's max_prompt_length)
 TIGHT = 0.9             # above this share of a GPU's memory a stage is marked tight (allocator, CUDA context)
@@ -74,7 +74,7 @@ def need(spec, shape: mp.Shape, pairs: int, eval_prompts: int, hw: Hardware) -> 
     """What a stage of the plan holds and computes; None for a stage without a GPU."""
     if spec.kind in NO_GPU:
         return None
-    if hw.strategy not in ("ddp", "lora") and spec.kind in FULL_ONLY:
+    if hw.strategy not in ("ddp", "fsdp", "lora") and spec.kind in FULL_ONLY:
         n = need(spec, shape, pairs, eval_prompts, replace(hw, strategy="ddp"))
         return replace(n, strategy="ddp", note=f"{n.note}; own loop: whole models on every GPU (DDP)".lstrip("; "))
     c, policy, score = spec.config, mp.params(shape), mp.params(shape, head_outputs=1)
@@ -172,9 +172,8 @@ def fits(n: Need, shape: mp.Shape, hw: Hardware) -> str:
     for other in ("fsdp", "zero3-offload") + (() if n.strategy else ("lora", "qlora")):
         alt = memory(replace(n, strategy=""), shape, replace(hw, strategy=other))["total"]
         if other != hw.strategy and alt <= TIGHT * hw.gpu_memory:
-            # a stage pinned to DDP by its code: what a sharded version of it would need, not a setting to pick
-            return f"NO: {other} would need {alt:.1f} (not in its code)" if n.strategy else \
-                f"NO: {other} needs {alt:.1f}"
+            # a stage that runs as DDP under this plan's strategy (its code has no such path): what would fit
+            return f"NO (runs as DDP): {other} needs {alt:.1f}" if n.strategy else f"NO: {other} needs {alt:.1f}"
     return "NO: nothing here fits; more GPUs"
 
 

@@ -166,7 +166,8 @@ class Run:
         runtime = dict(runtime or {})
         if self.launch.processes > 1 and kind in self.launch.kinds:     # how it runs, not what: not in the key
             runtime["launch"] = asdict(self.launch)
-            if kind in OWN_LOOPS:     # the suite's own loops have no sharded path: whole models on every rank
+            # the suite's own loops shard under the shipped FSDP config (methods/sharding.py), else run as DDP
+            if kind in OWN_LOOPS and self.launch.config not in ("ddp", "fsdp"):
                 runtime["launch"]["config"] = "ddp"
             # a Ray task of a launched stage reserves a device (GPU, or else CPU) for each of its processes
             unit = "gpus" if resources["gpus"] else "cpus"

@@ -63,10 +63,13 @@ def test_bench_plan_for_paper_on_8_and_on_1_gpu(capsys):
     assert "8 x 80 GiB, fsdp" in out and "policy 6.7B" in out and "GPU-hours" in out
     assert " yes " in lines["sacpo@0.025"] and "ref-logps" in lines["sacpo@0.025"]    # no reference held
     assert "frozen" in lines["dpo-h"] and "211 PPO steps" in lines["saferlhf"]
-    # the suite's own loops run as DDP whatever the plan's strategy: six whole 7B models do not fit, and the
-    # plan says what a sharded loop would need instead of offering FSDP as a setting
-    assert "NO: fsdp would need 45.9 (not in its code)" in lines["saferlhf"] and "own loop" in lines["saferlhf"]
-    assert "NO: fsdp would need" in lines["reward"] and "DDP" in lines["reward"]
+    # the suite's own loops shard too: PPO's six models at 1/8 each (45.9 GiB), the score models (20.4)
+    assert " yes " in lines["saferlhf"] and " 45.9 " in lines["saferlhf"] and " 20.4 " in lines["reward"]
+    # under ZeRO-3, which those loops do not have, they run as DDP: six whole 7B models do not fit, and the plan
+    # says which strategy would
+    assert main(["plan", "--benchmark", "paper", "--methods", "saferlhf", "--gpus", "8", "--strategy", "zero3"]) == 0
+    zero3 = {ln.split()[0]: ln for ln in capsys.readouterr().out.splitlines()[2:] if ln.strip()}
+    assert "NO (runs as DDP): fsdp needs 45.9" in zero3["saferlhf"] and "own loop" in zero3["saferlhf"]
     assert main(["plan", "--benchmark", "paper", "--methods", "sacpo", "--gpus", "1", "--strategy", "ddp"]) == 0
     one = capsys.readouterr().out
     assert "NO: " in next(ln for ln in one.splitlines() if ln.strip().startswith("dpo-h "))

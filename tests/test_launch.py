@@ -1,12 +1,13 @@
 """Training stages under `accelerate launch`: two processes (gloo, on this CPU) train the tiny DPO(H) stage
 through the real CLI and reach the single-process losses at the same global batch; only one rank writes."""
 import json
+from pathlib import Path
 
 import pytest
 
 from conftest import bench_run
 from safealign import BenchError
-from safealign.launch import LaunchConfig, check, command
+from safealign.launch import CONFIGS, LaunchConfig, check, command
 from test_sacpo_tiny import stage_of
 
 
@@ -59,40 +60,78 @@ def test_a_launched_stage_is_planned_with_its_processes_and_the_same_key(tmp_pat
     assert "launch" not in gen.runtime and gen.resources["cpus"] == 1      # only training kinds are launched
 
 
-def test_ppo_lagrangian_on_two_processes_reaches_the_single_process_curves(reference_only_cache, tmp_path):
+def rl_curves(cache) -> list[dict]:
+    (stage,) = list(cache.glob("rl/*/curves.jsonl"))
+    return [json.loads(x) for x in stage.read_text().splitlines()]
+
+
+def score_metrics(cache) -> dict:
+    out = {}
+    for p in cache.glob("score-model/*/metrics.json"):
+        m = json.loads(p.read_text())
+        out["cost" if "sign_accuracy" in m else "reward"] = m
+    return out
+
+
+def test_safe_rlhf_on_two_processes_ddp_and_fsdp_reaches_the_single_process_figures(reference_only_cache, tmp_path):
     """Safe RLHF's score models and a short PPO-Lagrangian stage (4 steps of 8 rollouts) on one process, then all
-    three on two (half of each batch per process, DDP models, episodes gathered for lambda). Every answer is
-    sampled from its own seed (methods/rollouts.py), so both runs train on the same answers; what differs is
-    float order (the all-reduce, the narrower padding of a half batch), ~1e-6 on these figures. Tolerance 1e-3
-    relative: a sampled token flipped by that noise would move a step's reward or loss by ~1e-2 and fail the
-    test, as would a shard trained on the wrong prompts or pairs."""
+    three on two: as DDP (whole models, half of each batch per process, gradients averaged, episodes gathered for
+    lambda), and as FSDP (every one of the six models split over the two processes). Every answer is sampled
+    from its own seed (methods/rollouts.py), so all runs train on the same answers; what differs is float order
+    (the all-reduce or reduce-scatter, the narrower padding of a half batch), ~1e-6 on these figures.
+    Tolerance 1e-3 relative: a sampled token flipped by that noise would move a step's reward or loss by ~1e-2
+    and fail the test, as would a shard trained on the wrong prompts or pairs."""
     import shutil
     small = ["--set", "diagnostics.samples=0", "--set", "judge.all_pairs=false", "--set", "methods.saferlhf.steps=4",
              "--set", "methods.saferlhf.rollout_batch=8", "--set", "methods.saferlhf.max_new_tokens=16"]
     one = bench_run("saferlhf", tmp_path / "one", reference_only_cache, *small)
     assert one.returncode == 0, one.stderr[-3000:]
-    cache2 = tmp_path / "cache2"
-    shutil.copytree(reference_only_cache, cache2, ignore=shutil.ignore_patterns("score-model", "rl", "generate",
-                                                                               "judge*"))
-    two = bench_run("saferlhf", tmp_path / "two", cache2, *small, "--set", "launch.processes=2")
-    assert two.returncode == 0, two.stderr[-3000:]
-    curves = {}
-    for name, cache in (("one", reference_only_cache), ("two", cache2)):
-        (stage,) = list(cache.glob("rl/*/curves.jsonl"))
-        curves[name] = [json.loads(x) for x in stage.read_text().splitlines()]
-    assert len(curves["one"]) == len(curves["two"]) == 4
+    base = rl_curves(reference_only_cache)
+    assert len(base) == 4 and len({c["actor_loss"] for c in base}) == 4      # the figures moved: a real comparison
     keys = ("reward", "cost", "lambda", "window", "actor_loss", "critic_loss", "kl", "length")
-    gap = max(abs(b[k] - a[k]) / max(abs(a[k]), 1e-5) for a, b in zip(curves["one"], curves["two"]) for k in keys)
-    print(f"PPO 2 processes vs 1: largest relative difference {gap:.2e}")
-    for a, b in zip(curves["one"], curves["two"]):
-        for key in keys:
-            assert b[key] == pytest.approx(a[key], rel=1e-3, abs=1e-5), (a["step"], key)
-    assert len({c["actor_loss"] for c in curves["one"]}) == 4        # the figures moved: a real comparison
-    for kind in ("reward", "cost"):                                     # the score models, trained on 2 processes
-        metrics = [json.loads(p.read_text()) for c in (reference_only_cache, cache2)
-                   for p in c.glob("score-model/*/metrics.json") if json.loads(p.read_text()).get("pairs")
-                   and (kind == "cost") == ("sign_accuracy" in json.loads(p.read_text()))]
-        assert len(metrics) == 2 and metrics[0] == metrics[1], metrics
-    (launched,) = [p.parent for p in cache2.glob("rl/*/curves.jsonl")]
-    assert sorted(p.name for p in launched.glob("rank*.log")) == ["rank0.log", "rank1.log"]
-    assert (tmp_path / "two" / "run.log").read_text().count("accelerate launch, 2 processes, ddp") == 3
+    for config in ("ddp", "fsdp"):
+        cache = tmp_path / f"cache-{config}"
+        shutil.copytree(reference_only_cache, cache, ignore=shutil.ignore_patterns("score-model", "rl", "generate",
+                                                                                  "judge*"))
+        two = bench_run("saferlhf", tmp_path / config, cache, *small, "--set", "launch.processes=2",
+                        "--set", f"launch.config={config}")
+        assert two.returncode == 0, two.stderr[-3000:]
+        curves = rl_curves(cache)
+        gap = max(abs(b[k] - a[k]) / max(abs(a[k]), 1e-5) for a, b in zip(base, curves) for k in keys)
+        print(f"PPO 2 processes ({config}) vs 1: largest relative difference {gap:.2e}")
+        assert len(curves) == 4
+        for a, b in zip(base, curves):
+            for key in keys:
+                assert b[key] == pytest.approx(a[key], rel=1e-3, abs=1e-5), (config, a["step"], key)
+        assert score_metrics(cache) == score_metrics(reference_only_cache)      # held-out figures of both models
+        (launched,) = [p.parent for p in cache.glob("rl/*/curves.jsonl")]
+        assert sorted(p.name for p in launched.glob("rank*.log")) == ["rank0.log", "rank1.log"]
+        assert (tmp_path / config / "run.log").read_text().count(f"accelerate launch, 2 processes, {config}") == 3
+        sharded = "FSDP over 2 processes; process 0 holds actor 50%" in (launched / "launch.log").read_text()
+        assert sharded == (config == "fsdp")
+
+
+def test_sharded_ppo_killed_mid_stage_resumes_to_the_same_curves(tmp_path):
+    """FSDP on two processes: a PPO stage killed after its checkpoint (gathered from the shards) resumes by
+    spreading it over the shards again, and ends with the curves of an uninterrupted sharded run."""
+    import subprocess
+    import sys
+
+    from helpers import score_model, tiny_model
+    sft = tiny_model(tmp_path / "sft", layers=2)
+    score_model(tmp_path / "rm", sft, 1)
+    score_model(tmp_path / "cm", sft, 2)
+    script = Path(__file__).parent / "ppo_resume_check.py"
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+              str(CONFIGS / "fsdp.yaml"), "--num_processes", "2", str(script), str(tmp_path)]
+    def run(out, *extra):
+        return subprocess.run(launch + [str(tmp_path / out), *extra], capture_output=True, text=True, timeout=600)
+    whole = run("a")
+    assert whole.returncode == 0 and "FSDP over 2 processes" in whole.stdout, whole.stderr[-3000:]
+    killed = run("b", "die")
+    assert killed.returncode != 0 and (tmp_path / "b" / "checkpoint.pt").exists()
+    assert not (tmp_path / "b" / "model").exists()
+    resumed = run("b")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a, b = ((tmp_path / d / "curves.jsonl").read_text() for d in ("a", "b"))
+    assert a == b and len(a.splitlines()) == 4 and not (tmp_path / "b" / "checkpoint.pt").exists()
