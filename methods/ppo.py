@@ -1,20 +1,20 @@
 """PPO-Lagrangian as the Safe RLHF code does it, and RePO on the same machinery (REFERENCE §5-§6).
 
-Six models: the actor (from SFT), the frozen reference, the frozen reward and cost models, and a reward and a
-cost critic initialised from them. Prompts are taken in one freshly shuffled pass per epoch, `rollout_batch`
-per step (Safe RLHF: 16 per device on 8 devices, 128 a step). Each step samples answers (Hugging Face
-`generate`, temperature 1), scores them, splits the per-token KL between the two critics' rewards, runs GAE
-for each, moves the multiplier and then takes one clipped PPO step for the actor and each critic. Losses are
+Six models (methods/ppo_models.py): the actor (from SFT), the frozen reference, the frozen reward and cost models,
+and a reward and a cost critic initialised from them. Prompts are taken in one freshly shuffled pass per epoch,
+`rollout_batch` per step (Safe RLHF: 16 per device on 8 devices, 128 a step). Each step samples answers
+(temperature 1; Hugging Face `generate` with a seed per answer, or vLLM: methods/rollouts.py), scores them,
+splits the per-token KL between the two critics' rewards, runs GAE for each, moves the multiplier and then takes one clipped PPO step for the actor and each critic. Losses are
 averaged per sequence, then over the batch. The actor uses AdamW (betas 0.9/0.95, weight decay 0.01), warmup
 0.03 then cosine; the critics AdamW (betas 0.9/0.95, no weight decay) at a constant rate; gradients are
 clipped to norm 1.0. Prompts, answers and the optional PTX texts are tokenised by safealign.tokens, so the
 actor trains on the ids that TRL-trained models and vLLM see, and the score models score what they learnt on.
 
-Under `accelerate launch` (DDP) each of N processes samples and scores its 1/N of the step's prompts and the
-actor and critics are DDP models whose gradients are averaged; the multiplier reads the episodes of every process
-(gathered, as Safe RLHF reduces the episode cost across ranks before its lambda step), so every rank holds the
-same lambda. Answers are sampled per row from seeded generators (methods/rollouts.py), so N processes train on
-the answers one process would sample.
+Under `accelerate launch` each of N processes samples and scores its 1/N of the step's prompts; the actor and
+critics are DDP models whose gradients are averaged, or under the FSDP config all six models are sharded. The
+multiplier reads the episodes of every process (gathered, as Safe RLHF reduces the episode cost across ranks
+before its lambda step), so every rank holds the same lambda. Answers are sampled per row from seeded
+generators (methods/rollouts.py), so N processes train on the answers one process would sample.
 
 RePO as built here (its exact multiplier update is not public). The penalty is per prompt: the constraint is
 C(x, y) <= 0 for every answer, so the cost critic learns the rectified cost max(C, 0), a safe answer carries
@@ -29,10 +29,8 @@ the few unsafe samples of a mostly safe batch still steer the update.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import os
 import shutil
 from collections import deque
 from dataclasses import asdict, dataclass, field
@@ -44,7 +42,7 @@ from safealign import BenchError
 from safealign.methods.rl_math import (clipped_value_loss, combined_advantage, gae, grouped_loss, lagrange_update,
                                        rectified, shuffled_pass, surrogate_tokens, token_rewards, violations)
 from safealign.methods.rollouts import BACKENDS, VLLMRollouts, hf_answers, row_seeds
-from safealign.methods.score_model import ADAM_BETAS, EndScorer, adamw, end_scores
+from safealign.methods.ppo_models import Models, load_checkpoint, save_checkpoint, token_logps  # noqa: F401
 from safealign.stages import write_jsonl
 
 
@@ -95,132 +93,6 @@ class PPOConfig:
 
 def total_steps(cfg: PPOConfig, n_prompts: int) -> int:
     return cfg.steps or cfg.epochs * -(-n_prompts // cfg.rollout_batch)
-
-
-class Models:
-    """The six models on accelerate's device. The actor and the critics are prepared by accelerate (DDP-wrapped
-    under a launch), or with `sharded` all six are split over the processes (methods/sharding.py, FSDP2);
-    `core(...)` is the bare model, for the passes without gradients."""
-
-    def __init__(self, sft: Path, reward: Path, cost: Path, cfg: PPOConfig, steps: int, sharded: bool = False):
-        from accelerate import Accelerator
-        from transformers import AutoTokenizer
-
-        from safealign.methods.sharding import whole_loading
-        self.acc = Accelerator(cpu=not torch.cuda.is_available())
-        self.tok = AutoTokenizer.from_pretrained(sft)
-        self.tok.pad_token = self.tok.pad_token or self.tok.eos_token
-        with whole_loading() if sharded else contextlib.nullcontext():
-            self._load(sft, reward, cost, cfg)
-        # the frozen score models are read through their parts (end_scores): an EndScorer is the module called
-        self.scorers = {k: EndScorer(x) for k, x in (("reward", self.rm), ("cost", self.cm)) if x is not None}
-        self.sharded = sharded
-        if sharded:
-            self._shard(cfg)
-        self._optimisers(cfg, steps)
-
-    def _load(self, sft: Path, reward: Path, cost: Path, cfg: PPOConfig) -> None:
-        from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification,
-                                  AutoModelForTokenClassification)
-        self.actor = AutoModelForCausalLM.from_pretrained(sft)
-        self.vr = AutoModelForTokenClassification.from_pretrained(reward, num_labels=1)
-        self.vc = AutoModelForTokenClassification.from_pretrained(cost, num_labels=1)
-        self.ref = self.rm = self.cm = None          # with LoRA: the trained models with their adapters off
-        if cfg.lora_rank > 0:
-            self._adapters(cfg)
-        else:
-            self.ref = AutoModelForCausalLM.from_pretrained(sft).eval()
-            self.rm = AutoModelForSequenceClassification.from_pretrained(reward, num_labels=1).eval()
-            self.cm = AutoModelForSequenceClassification.from_pretrained(cost, num_labels=1).eval()
-            for m in (self.ref, self.rm, self.cm):
-                m.requires_grad_(False)
-        for m in (self.rm, self.cm, self.vr, self.vc):
-            if m is not None:
-                m.config.pad_token_id = self.tok.pad_token_id
-
-    def _optimisers(self, cfg: PPOConfig, steps: int) -> None:
-        """Created after sharding (the optimisers hold the shards). Safe RLHF's ppo-lag.sh: actor weight decay
-        0.01, cosine with warmup 0.03; critics weight decay 0 at a constant rate; every optimiser Adam with betas
-        (0.9, 0.95)."""
-        from transformers import get_cosine_schedule_with_warmup
-        self.opt_actor = adamw(self.actor, cfg.actor_lr, cfg.actor_weight_decay)
-        critic_params = [p for c in (self.vr, self.vc) for p in c.parameters() if p.requires_grad]
-        self.opt_critics = torch.optim.AdamW(critic_params, lr=cfg.critic_lr, betas=ADAM_BETAS,
-                                             weight_decay=cfg.critic_weight_decay)
-        # not prepared: accelerate's scheduler wrapper steps once per process, and the schedule counts actor steps
-        self.sched = get_cosine_schedule_with_warmup(self.opt_actor, int(cfg.actor_warmup_ratio * steps), max(steps, 1))
-        if not self.sharded:
-            self.actor, self.vr, self.vc, self.opt_actor, self.opt_critics = self.acc.prepare(
-                self.actor, self.vr, self.vc, self.opt_actor, self.opt_critics)
-            self.ref, self.rm, self.cm = (x if x is None else self.acc.prepare_model(x, evaluation_mode=True)
-                                          for x in (self.ref, self.rm, self.cm))
-
-    def _shard(self, cfg: PPOConfig) -> None:
-        from safealign.methods import sharding
-        if cfg.lora_rank > 0:
-            raise BenchError("ppo lora_rank > 0 under FSDP is not built: use launch.config = 'ddp' with LoRA")
-        for model in (self.actor, self.vr, self.vc, self.ref):
-            sharding.shard(model)
-        for kind, model in (("reward", self.rm), ("cost", self.cm)):
-            sharding.shard(model, root=self.scorers[kind])
-        sharding.report(self.acc, {"actor": self.actor, "reference": self.ref, "reward critic": self.vr,
-                                   "cost critic": self.vc, "reward model": self.rm, "cost model": self.cm})
-
-    def clip(self, model, max_norm: float) -> None:
-        if self.sharded:
-            from safealign.methods.sharding import clip
-            clip(model.parameters(), max_norm)
-        else:
-            self.acc.clip_grad_norm_(model.parameters(), max_norm)
-
-    def _adapters(self, cfg: PPOConfig) -> None:
-        from peft import get_peft_model
-
-        from safealign.methods.training import lora_config
-        for critic in (self.vr, self.vc):
-            # the token-classification head has a bias the score model lacks (loaded as new): zero, so that the
-            # critic with its adapters off scores exactly as the score model it was loaded from
-            if getattr(critic.score, "bias", None) is not None:
-                torch.nn.init.zeros_(critic.score.bias)
-        self.actor = get_peft_model(self.actor, lora_config(cfg.lora_rank, cfg.lora_alpha, cfg.lora_modules,
-                                                            "CAUSAL_LM"))
-        self.vr, self.vc = (get_peft_model(c, lora_config(cfg.lora_rank, cfg.lora_alpha, cfg.lora_modules,
-                                                          "TOKEN_CLS")) for c in (self.vr, self.vc))
-
-    def core(self, model):
-        return self.acc.unwrap_model(model)
-
-    def reference_logps(self, seq, attn, pos, start: int) -> torch.Tensor:
-        if self.ref is not None:
-            return token_logps(self.ref, seq, attn, pos, start)
-        actor = self.core(self.actor)
-        with actor.disable_adapter():
-            return token_logps(actor, seq, attn, pos, start)
-
-    def scores(self, kind: str, seq, attn, pos) -> torch.Tensor:
-        """The frozen reward or cost model's end scores (with LoRA: its critic twin, adapters and head off)."""
-        if kind in self.scorers:
-            return self.scorers[kind](seq, attn, pos)
-        critic = self.core(self.vr if kind == "reward" else self.vc)
-        with critic.disable_adapter():
-            return end_scores(critic.get_base_model(), seq, attn, pos)
-
-    def save_actor(self, folder: Path) -> None:
-        """The trained actor as one plain checkpoint, written by the main process (adapters merged; shards
-        gathered, which every process takes part in)."""
-        actor = self.core(self.actor)
-        if self.sharded:
-            from safealign.methods.sharding import full_model_state
-            state = full_model_state(actor)
-            if self.acc.is_main_process:
-                actor.save_pretrained(folder, state_dict=state)
-        elif self.acc.is_main_process:
-            (actor.merge_and_unload() if self.ref is None else actor).save_pretrained(folder)
-
-
-def token_logps(model, seq, attn, pos, start: int) -> torch.Tensor:
-    logits = model(input_ids=seq, attention_mask=attn, position_ids=pos).logits[:, start - 1:-1].float()
-    return torch.log_softmax(logits, -1).gather(-1, seq[:, start:, None])[..., 0]
 
 
 def prompt_batch(tok, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -348,43 +220,6 @@ def multiplier_step(cfg: PPOConfig, log_lambda: float, window: deque, cost: torc
         target = cfg.violation_target if cfg.algorithm == "repo" else cfg.threshold
         log_lambda = lagrange_update(log_lambda, figure, target, cfg.lambda_lr, cfg.lambda_max)
     return log_lambda, figure
-
-
-def save_checkpoint(path: Path, m: Models, step: int, log_lambda: float, window: deque, curves: list) -> None:
-    """Everything the loop needs to continue exactly where it stopped, in one file replaced atomically by the main
-    process (every process holds the same weights, or under FSDP their shards are gathered first). The position
-    in the shuffled prompt and PTX passes and each answer's sampling seed are functions of the step
-    (rl_math.shuffled_pass, rollouts.row_seeds)."""
-    state = {"step": step, "log_lambda": log_lambda, "window": list(window), "curves": curves,
-             "sched": m.sched.state_dict()}
-    if m.sharded:
-        from safealign.methods.sharding import full_state
-        state["actor"], state["opt_actor"] = full_state(m.actor, m.opt_actor)
-        state["critics"], state["opt_critics"] = full_state(torch.nn.ModuleList([m.vr, m.vc]), m.opt_critics)
-    else:
-        state.update({"actor": m.core(m.actor).state_dict(), "vr": m.core(m.vr).state_dict(),
-                      "vc": m.core(m.vc).state_dict(), "opt_actor": m.opt_actor.state_dict(),
-                      "opt_critics": m.opt_critics.state_dict()})
-    if m.acc.is_main_process:
-        tmp = path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    m.acc.wait_for_everyone()
-
-
-def load_checkpoint(path: Path, m: Models) -> dict:
-    state = torch.load(path, weights_only=False, map_location="cpu" if m.sharded else m.acc.device)
-    m.sched.load_state_dict(state["sched"])
-    if m.sharded:
-        from safealign.methods.sharding import load_full_state
-        load_full_state(m.actor, m.opt_actor, state["actor"], state["opt_actor"])
-        load_full_state(torch.nn.ModuleList([m.vr, m.vc]), m.opt_critics, state["critics"], state["opt_critics"])
-        return state
-    for name in ("actor", "vr", "vc"):
-        m.core(getattr(m, name)).load_state_dict(state[name])
-    for name in ("opt_actor", "opt_critics"):
-        getattr(m, name).load_state_dict(state[name])
-    return state
 
 
 def train_ppo(cfg: PPOConfig, sft: Path, reward: Path, cost: Path, rows: list[dict], template: str, work: Path,
@@ -536,6 +371,10 @@ def rl_config(run, name: str, params: dict) -> PPOConfig:
         raise BenchError(f"[methods.{name}] algorithm must be 'saferlhf' or 'repo', got '{cfg.algorithm}'")
     launch = run.launch
     check_processes(cfg, launch.processes if "rl" in launch.kinds else 1)
+    if cfg.lora_rank > 0 and launch.processes > 1 and launch.config == "fsdp" and \
+            {"rl", "score-model"} & set(launch.kinds):
+        raise BenchError(f"[methods.{name}] lora_rank > 0 under launch.config = 'fsdp' is not built for Safe "
+                         "RLHF's loops: use launch.config = 'ddp' with LoRA, or lora_rank = 0")
     return cfg
 
 

@@ -22,8 +22,8 @@ from pathlib import Path
 from safealign import BenchError
 
 CONFIGS = Path(__file__).parent / "launch_configs"
-# TRL's trainers (sft, align) run under accelerate as they are; the suite's own loops (score-model, rl) prepare
-# their models with accelerate, as DDP
+# TRL's trainers (sft, align) run under accelerate as they are; the suite's own loops (score-model, rl) are DDP
+# through accelerate, or shard themselves under the fsdp config (methods/sharding.py)
 TRAINING_KINDS = ("sft", "align", "score-model", "rl")
 OWN_LOOPS = ("score-model", "rl")
 

@@ -1,0 +1,184 @@
+"""The PPO loop's six models and its checkpoints (methods/ppo.py runs the loop).
+
+Without LoRA: the actor and the frozen reference from SFT, the frozen reward and cost models, and a reward and a
+cost critic initialised from them. With LoRA the three frozen ones are the trained ones' bases with the adapters
+off. Single process or DDP: accelerate prepares them; under an FSDP launch all six are sharded
+(methods/sharding.py).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from collections import deque
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from safealign import BenchError
+from safealign.methods.score_model import ADAM_BETAS, EndScorer, adamw, end_scores
+
+if TYPE_CHECKING:
+    from safealign.methods.ppo import PPOConfig
+
+def token_logps(model, seq, attn, pos, start: int) -> torch.Tensor:
+    logits = model(input_ids=seq, attention_mask=attn, position_ids=pos).logits[:, start - 1:-1].float()
+    return torch.log_softmax(logits, -1).gather(-1, seq[:, start:, None])[..., 0]
+
+
+class Models:
+    """The six models on accelerate's device. The actor and the critics are prepared by accelerate (DDP-wrapped
+    under a launch), or with `sharded` all six are split over the processes (methods/sharding.py, FSDP2);
+    `core(...)` is the bare model, for the passes without gradients."""
+
+    def __init__(self, sft: Path, reward: Path, cost: Path, cfg: PPOConfig, steps: int, sharded: bool = False):
+        from accelerate import Accelerator
+        from transformers import AutoTokenizer
+
+        from safealign.methods.sharding import whole_loading
+        self.acc = Accelerator(cpu=not torch.cuda.is_available())
+        self.tok = AutoTokenizer.from_pretrained(sft)
+        self.tok.pad_token = self.tok.pad_token or self.tok.eos_token
+        with whole_loading() if sharded else contextlib.nullcontext():
+            self._load(sft, reward, cost, cfg)
+        # the frozen score models are read through their parts (end_scores): an EndScorer is the module called
+        self.scorers = {k: EndScorer(x) for k, x in (("reward", self.rm), ("cost", self.cm)) if x is not None}
+        self.sharded = sharded
+        if sharded:
+            self._shard(cfg)
+        self._optimisers(cfg, steps)
+
+    def _load(self, sft: Path, reward: Path, cost: Path, cfg: PPOConfig) -> None:
+        from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification,
+                                  AutoModelForTokenClassification)
+        self.actor = AutoModelForCausalLM.from_pretrained(sft)
+        self.vr = AutoModelForTokenClassification.from_pretrained(reward, num_labels=1)
+        self.vc = AutoModelForTokenClassification.from_pretrained(cost, num_labels=1)
+        self.ref = self.rm = self.cm = None          # with LoRA: the trained models with their adapters off
+        if cfg.lora_rank > 0:
+            self._adapters(cfg)
+        else:
+            self.ref = AutoModelForCausalLM.from_pretrained(sft).eval()
+            self.rm = AutoModelForSequenceClassification.from_pretrained(reward, num_labels=1).eval()
+            self.cm = AutoModelForSequenceClassification.from_pretrained(cost, num_labels=1).eval()
+            for m in (self.ref, self.rm, self.cm):
+                m.requires_grad_(False)
+        for m in (self.rm, self.cm, self.vr, self.vc):
+            if m is not None:
+                m.config.pad_token_id = self.tok.pad_token_id
+
+    def _optimisers(self, cfg: PPOConfig, steps: int) -> None:
+        """Created after sharding (the optimisers hold the shards). Safe RLHF's ppo-lag.sh: actor weight decay
+        0.01, cosine with warmup 0.03; critics weight decay 0 at a constant rate; every optimiser Adam with betas
+        (0.9, 0.95)."""
+        from transformers import get_cosine_schedule_with_warmup
+        self.opt_actor = adamw(self.actor, cfg.actor_lr, cfg.actor_weight_decay)
+        critic_params = [p for c in (self.vr, self.vc) for p in c.parameters() if p.requires_grad]
+        self.opt_critics = torch.optim.AdamW(critic_params, lr=cfg.critic_lr, betas=ADAM_BETAS,
+                                             weight_decay=cfg.critic_weight_decay)
+        # not prepared: accelerate's scheduler wrapper steps once per process, and the schedule counts actor steps
+        self.sched = get_cosine_schedule_with_warmup(self.opt_actor, int(cfg.actor_warmup_ratio * steps), max(steps, 1))
+        if not self.sharded:
+            self.actor, self.vr, self.vc, self.opt_actor, self.opt_critics = self.acc.prepare(
+                self.actor, self.vr, self.vc, self.opt_actor, self.opt_critics)
+            self.ref, self.rm, self.cm = (x if x is None else self.acc.prepare_model(x, evaluation_mode=True)
+                                          for x in (self.ref, self.rm, self.cm))
+
+    def _shard(self, cfg: PPOConfig) -> None:
+        from safealign.methods import sharding
+        if cfg.lora_rank > 0:
+            raise BenchError("ppo lora_rank > 0 under FSDP is not built: use launch.config = 'ddp' with LoRA")
+        for model in (self.actor, self.vr, self.vc, self.ref):
+            sharding.shard(model)
+        for kind, model in (("reward", self.rm), ("cost", self.cm)):
+            sharding.shard(model, root=self.scorers[kind])
+        sharding.report(self.acc, {"actor": self.actor, "reference": self.ref, "reward critic": self.vr,
+                                   "cost critic": self.vc, "reward model": self.rm, "cost model": self.cm})
+
+    def clip(self, model, max_norm: float) -> None:
+        if self.sharded:
+            from safealign.methods.sharding import clip
+            clip(model.parameters(), max_norm)
+        else:
+            self.acc.clip_grad_norm_(model.parameters(), max_norm)
+
+    def _adapters(self, cfg: PPOConfig) -> None:
+        from peft import get_peft_model
+
+        from safealign.methods.training import lora_config
+        for critic in (self.vr, self.vc):
+            # the token-classification head has a bias the score model lacks (loaded as new): zero, so that the
+            # critic with its adapters off scores exactly as the score model it was loaded from
+            if getattr(critic.score, "bias", None) is not None:
+                torch.nn.init.zeros_(critic.score.bias)
+        self.actor = get_peft_model(self.actor, lora_config(cfg.lora_rank, cfg.lora_alpha, cfg.lora_modules,
+                                                            "CAUSAL_LM"))
+        self.vr, self.vc = (get_peft_model(c, lora_config(cfg.lora_rank, cfg.lora_alpha, cfg.lora_modules,
+                                                          "TOKEN_CLS")) for c in (self.vr, self.vc))
+
+    def core(self, model):
+        return self.acc.unwrap_model(model)
+
+    def reference_logps(self, seq, attn, pos, start: int) -> torch.Tensor:
+        if self.ref is not None:
+            return token_logps(self.ref, seq, attn, pos, start)
+        actor = self.core(self.actor)
+        with actor.disable_adapter():
+            return token_logps(actor, seq, attn, pos, start)
+
+    def scores(self, kind: str, seq, attn, pos) -> torch.Tensor:
+        """The frozen reward or cost model's end scores (with LoRA: its critic twin, adapters and head off)."""
+        if kind in self.scorers:
+            return self.scorers[kind](seq, attn, pos)
+        critic = self.core(self.vr if kind == "reward" else self.vc)
+        with critic.disable_adapter():
+            return end_scores(critic.get_base_model(), seq, attn, pos)
+
+    def save_actor(self, folder: Path) -> None:
+        """The trained actor as one plain checkpoint, written by the main process (adapters merged; shards
+        gathered, which every process takes part in)."""
+        actor = self.core(self.actor)
+        if self.sharded:
+            from safealign.methods.sharding import full_model_state
+            state = full_model_state(actor)
+            if self.acc.is_main_process:
+                actor.save_pretrained(folder, state_dict=state)
+        elif self.acc.is_main_process:
+            (actor.merge_and_unload() if self.ref is None else actor).save_pretrained(folder)
+
+
+def save_checkpoint(path: Path, m: Models, step: int, log_lambda: float, window: deque, curves: list) -> None:
+    """Everything the loop needs to continue exactly where it stopped, in one file replaced atomically by the main
+    process (every process holds the same weights, or under FSDP their shards are gathered first). The position
+    in the shuffled prompt and PTX passes and each answer's sampling seed are functions of the step
+    (rl_math.shuffled_pass, rollouts.row_seeds)."""
+    state = {"step": step, "log_lambda": log_lambda, "window": list(window), "curves": curves,
+             "sched": m.sched.state_dict()}
+    if m.sharded:
+        from safealign.methods.sharding import full_state
+        state["actor"], state["opt_actor"] = full_state(m.actor, m.opt_actor)
+        state["critics"], state["opt_critics"] = full_state(torch.nn.ModuleList([m.vr, m.vc]), m.opt_critics)
+    else:
+        state.update({"actor": m.core(m.actor).state_dict(), "vr": m.core(m.vr).state_dict(),
+                      "vc": m.core(m.vc).state_dict(), "opt_actor": m.opt_actor.state_dict(),
+                      "opt_critics": m.opt_critics.state_dict()})
+    if m.acc.is_main_process:
+        tmp = path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    m.acc.wait_for_everyone()
+
+
+def load_checkpoint(path: Path, m: Models) -> dict:
+    state = torch.load(path, weights_only=False, map_location="cpu" if m.sharded else m.acc.device)
+    m.sched.load_state_dict(state["sched"])
+    if m.sharded:
+        from safealign.methods.sharding import load_full_state
+        load_full_state(m.actor, m.opt_actor, state["actor"], state["opt_actor"])
+        load_full_state(torch.nn.ModuleList([m.vr, m.vc]), m.opt_critics, state["critics"], state["opt_critics"])
+        return state
+    for name in ("actor", "vr", "vc"):
+        m.core(getattr(m, name)).load_state_dict(state[name])
+    for name in ("opt_actor", "opt_critics"):
+        getattr(m, name).load_state_dict(state[name])
+    return state
