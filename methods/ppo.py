@@ -7,8 +7,9 @@ and a reward and a cost critic initialised from them. Prompts are taken in one f
 splits the per-token KL between the two critics' rewards, runs GAE for each, moves the multiplier and then
 takes one clipped PPO step for the actor and each critic. Losses are averaged per sequence, then over the batch.
 The actor uses AdamW (betas 0.9/0.95, weight decay 0.01), warmup 0.03 then cosine; the critics AdamW (betas
-0.9/0.95, no weight decay) at a constant rate; gradients are clipped to norm 1.0. Prompts, answers and the optional PTX texts are tokenised by safealign.tokens, so the
-actor trains on the ids that TRL-trained models and vLLM see, and the score models score what they learnt on.
+0.9/0.95, no weight decay) at a constant rate; gradients are clipped to norm 1.0. Prompts, answers and the
+optional PTX texts are tokenised by safealign.tokens, so the actor trains on the ids that TRL-trained models and
+vLLM see, and the score models score what they learnt on.
 
 Under `accelerate launch` each of N processes samples and scores its 1/N of the step's prompts; the actor and
 critics are DDP models whose gradients are averaged, or under the FSDP config all six models are sharded. The
