@@ -83,7 +83,9 @@ def test_safe_rlhf_on_two_processes_ddp_and_fsdp_reaches_the_single_process_figu
     and fail the test, as would a shard trained on the wrong prompts or pairs."""
     import shutil
     small = ["--set", "diagnostics.samples=0", "--set", "judge.all_pairs=false", "--set", "methods.saferlhf.steps=4",
-             "--set", "methods.saferlhf.rollout_batch=8", "--set", "methods.saferlhf.max_new_tokens=16"]
+             "--set", "methods.saferlhf.rollout_batch=8", "--set", "methods.saferlhf.max_new_tokens=16",
+             "--set", "methods.saferlhf.reward_model_epochs=1", "--set", "methods.saferlhf.cost_model_epochs=1",
+             "--set", "methods.saferlhf.score_model_batch=64"]       # 20 score-model steps each: CI time
     one = bench_run("saferlhf", tmp_path / "one", reference_only_cache, *small)
     assert one.returncode == 0, one.stderr[-3000:]
     base = rl_curves(reference_only_cache)
