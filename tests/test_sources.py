@@ -54,3 +54,17 @@ def test_a_wrong_hash_or_no_network_is_one_line_and_keeps_nothing(loopback_files
     kept.write_text("[1]")
     with pytest.raises(BenchError, match="kept copy of .* has sha256 .* delete it to download again"):
         fetch(f"{base}/r.json", "f" * 64, tmp_path / "d", print)
+
+
+def test_papers_prompt_sets_are_pinned_urls_at_a_commit():
+    """`paper` names both prompt sets by a URL at a full commit hash with a sha256, so they are found and checked
+    without the user fetching files (the download itself needs a network; see the tests above for the path)."""
+    import re
+
+    from safealign.config import load_benchmark
+    sets = load_benchmark("paper")["eval_prompts"]
+    assert set(sets) == {"helpful", "redteam"}
+    for spec in sets.values():
+        assert re.fullmatch(r"https://raw\.githubusercontent\.com/line/sacpo/[0-9a-f]{40}/asset/\w+\.json",
+                            spec["source"]), spec
+        assert re.fullmatch(r"[0-9a-f]{64}", spec["sha256"]), spec
