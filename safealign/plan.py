@@ -137,7 +137,9 @@ def describe(run) -> str:
     for spec in run.graph:
         st = status(spec, root)
         est = None if st == "cached" else estimate(spec, timings)
-        lines.append(f"{spec.kind:<12} {spec.label[:46]:<46} {st:<7} {_seconds(est):>7}  {spec.key}")
+        launch = spec.runtime.get("launch")
+        how = f"  accelerate launch, {launch['processes']} processes, {launch['config']}" if launch else ""
+        lines.append(f"{spec.kind:<12} {spec.label[:46]:<46} {st:<7} {_seconds(est):>7}  {spec.key}{how}")
         k = per_kind.setdefault(spec.kind, {"cached": 0, "to run": 0, "seconds": 0.0, "unknown": 0})
         k["cached" if st == "cached" else "to run"] += 1
         k["seconds"] += est or 0.0

@@ -137,3 +137,17 @@ def test_sharded_ppo_killed_mid_stage_resumes_to_the_same_curves(tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     a, b = ((tmp_path / d / "curves.jsonl").read_text() for d in ("a", "b"))
     assert a == b and len(a.splitlines()) == 4 and not (tmp_path / "b" / "checkpoint.pt").exists()
+
+
+def test_own_loops_run_as_ddp_under_zero3_and_the_dry_run_says_how_each_stage_runs(tmp_path, capsys):
+    from safealign.cli import main
+    from safealign.run import Run
+    for config, own in (("zero3", "ddp"), ("fsdp", "fsdp")):
+        run = Run("tiny", "saferlhf", tmp_path / config, tmp_path / "c", echo=False,
+                  overrides=["launch.processes=2", f"launch.config={config}"])
+        how = {s.kind: s.runtime["launch"]["config"] for s in run.graph if "launch" in s.runtime}
+        assert how == {"sft": config, "score-model": own, "rl": own}, how
+    assert main(["run", "--dry-run", "--benchmark", "tiny", "--methods", "saferlhf", "--cache", str(tmp_path / "c"),
+                 "--set", "launch.processes=2", "--set", "launch.config=zero3"]) == 0
+    rl = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("rl "))
+    assert rl.endswith("accelerate launch, 2 processes, ddp")
