@@ -21,7 +21,9 @@ from safealign.methods.score_model import ADAM_BETAS, EndScorer, adamw, end_scor
 if TYPE_CHECKING:
     from safealign.methods.ppo import PPOConfig
 
+
 def token_logps(model, seq, attn, pos, start: int) -> torch.Tensor:
+    """log pi(token) of each answer token (positions start..), from one forward pass."""
     logits = model(input_ids=seq, attention_mask=attn, position_ids=pos).logits[:, start - 1:-1].float()
     return torch.log_softmax(logits, -1).gather(-1, seq[:, start:, None])[..., 0]
 
