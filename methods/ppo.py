@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 from collections import deque
 from dataclasses import asdict, dataclass, field
@@ -40,10 +41,11 @@ from pathlib import Path
 import torch
 
 from safealign import BenchError
-from safealign.methods.rl_math import (clipped_value_loss, combined_advantage, gae, grouped_loss, lagrange_update,
-                                       rectified, shuffled_pass, surrogate_tokens, token_rewards, violations)
-from safealign.methods.rollouts import BACKENDS, VLLMRollouts, hf_answers, row_seeds
 from safealign.methods.ppo_models import Models, load_checkpoint, save_checkpoint, token_logps  # noqa: F401
+from safealign.methods.rl_math import (clipped_value_loss, combined_advantage, gae, grouped_loss, lagrange_update,
+                                       rectified, sequence_means, shuffled_pass, surrogate_tokens, token_rewards,
+                                       violations)
+from safealign.methods.rollouts import BACKENDS, VLLMRollouts, hf_answers, row_seeds
 from safealign.stages import write_jsonl
 
 
@@ -96,17 +98,13 @@ def total_steps(cfg: PPOConfig, n_prompts: int) -> int:
     return cfg.steps or cfg.epochs * -(-n_prompts // cfg.rollout_batch)
 
 
-def prompt_batch(tok, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-padded prompt ids as TRL and vLLM tokenise a prompt (the tokenizer's own BOS included)."""
-    from safealign.tokens import left_padded, prompt_ids
-    return left_padded([prompt_ids(tok, p) for p in prompts], tok.pad_token_id)
-
-
 def rollout(m: Models, prompts: list[str], seeds: list[int], cfg: PPOConfig, engine=None) -> dict:
     """Sample answers (one seed each; from `engine` when rollouts come from vLLM) and compute everything the
     update needs, with no gradients."""
-    from safealign.tokens import prompt_ids
-    ids, prompt_mask = (t.to(m.acc.device) for t in prompt_batch(m.tok, prompts))
+    from safealign.tokens import left_padded, prompt_ids
+    # the prompt ids as TRL and vLLM tokenise a prompt (the tokenizer's own BOS included); left-padded for HF
+    plain = [prompt_ids(m.tok, p) for p in prompts]
+    ids, prompt_mask = (t.to(m.acc.device) for t in left_padded(plain, m.tok.pad_token_id))
     start = ids.shape[1]
     actor = m.core(m.actor)
     with torch.no_grad():
@@ -115,8 +113,7 @@ def rollout(m: Models, prompts: list[str], seeds: list[int], cfg: PPOConfig, eng
             resp = hf_answers(actor, ids, prompt_mask, seeds, cfg.max_new_tokens, cfg.temperature, m.tok.pad_token_id,
                               synced=m.sharded)
         else:
-            resp = engine.answers([prompt_ids(m.tok, p) for p in prompts], cfg.max_new_tokens, cfg.temperature,
-                                  m.tok.pad_token_id, m.acc.device)
+            resp = engine.answers(plain, cfg.max_new_tokens, cfg.temperature, m.tok.pad_token_id, m.acc.device)
         ended = (resp == m.tok.eos_token_id).long()
         mask = ((ended.cumsum(-1) - ended) == 0).float()          # tokens up to and including the first eos
         resp_ids = torch.where(mask.bool(), resp, torch.full_like(resp, m.tok.pad_token_id))
@@ -139,7 +136,7 @@ def actor_loss(m: Models, b: dict, adv: torch.Tensor, cfg: PPOConfig) -> torch.T
     m.actor.train()
     logp = token_logps(m.actor, b["seq"], b["attn"], b["pos"], b["start"])
     mask = b["mask"]
-    per_seq = (surrogate_tokens(logp, b["old_logp"], adv, cfg.clip) * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+    per_seq = sequence_means(surrogate_tokens(logp, b["old_logp"], adv, cfg.clip), mask)
     group = (b["cost"] > 0).long() if cfg.algorithm == "repo" else torch.zeros_like(b["cost"], dtype=torch.long)
     counts = m.acc.reduce(torch.bincount(group, minlength=2), "sum")
     return grouped_loss(per_seq, group, counts, m.acc.num_processes)
@@ -226,13 +223,13 @@ def multiplier_step(cfg: PPOConfig, log_lambda: float, window: deque, cost: torc
 def train_ppo(cfg: PPOConfig, sft: Path, reward: Path, cost: Path, rows: list[dict], template: str, work: Path,
               seed: int) -> None:
     from safealign.methods.sft import sft_rows
+    from safealign.methods.sharding import requested
     torch.manual_seed(seed)
     prompts = [template.format(input=r["prompt"]) for r in rows]
     examples = sft_rows(rows, template) if cfg.ptx_coeff > 0 else []      # PTX: the SFT stage's own examples
     steps = total_steps(cfg, len(prompts))
-    from safealign.methods.sharding import requested
+    check_processes(cfg, int(os.environ.get("WORLD_SIZE", "1")))       # before six models are loaded
     m = Models(sft, reward, cost, cfg, steps, sharded=requested())
-    check_processes(cfg, m.acc.num_processes)
     log_lambda, window, curves, first = math.log(cfg.lambda_init), deque(maxlen=cfg.episode_window), [], 0
     work.mkdir(parents=True, exist_ok=True)
     ckpt = work / "checkpoint.pt"
@@ -246,8 +243,7 @@ def train_ppo(cfg: PPOConfig, sft: Path, reward: Path, cost: Path, rows: list[di
         engine = VLLMRollouts(actor, m.tok, work / "rollout-weights", seed, actor.config.max_position_embeddings,
                               cfg.vllm_memory)
     try:
-        ppo_loop(m, cfg, prompts, examples, seed, (first, steps), (log_lambda, window, curves), ckpt,
-                              engine)
+        ppo_loop(m, cfg, prompts, examples, seed, (first, steps), (log_lambda, window, curves), ckpt, engine)
     finally:
         if engine is not None:
             engine.close()

@@ -98,11 +98,8 @@ class Models:
                                    "cost critic": self.vc, "reward model": self.rm, "cost model": self.cm})
 
     def clip(self, model, max_norm: float) -> None:
-        if self.sharded:
-            from safealign.methods.sharding import clip
-            clip(model.parameters(), max_norm)
-        else:
-            self.acc.clip_grad_norm_(model.parameters(), max_norm)
+        from safealign.methods.sharding import clip
+        clip(self.acc, model.parameters(), max_norm, self.sharded)
 
     def _adapters(self, cfg: PPOConfig) -> None:
         from peft import get_peft_model

@@ -10,12 +10,16 @@ import torch
 import torch.nn.functional as F
 
 
+def sequence_means(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Each sequence's mean over its own tokens (sum / its length; 0 for a row with no token)."""
+    return (x * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+
+
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean over each sequence's own tokens (sum / its length), then mean over the sequences; rows with no
     token at all are left out. (Safe RLHF's `masked_mean`: per-sequence means averaged over the batch.)"""
-    length = mask.sum(-1)
-    per_seq = (x * mask).sum(-1) / length.clamp(min=1)
-    keep = length > 0
+    per_seq = sequence_means(x, mask)
+    keep = mask.sum(-1) > 0
     return per_seq[keep].mean() if keep.any() else per_seq.sum() * 0.0
 
 

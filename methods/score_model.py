@@ -157,22 +157,22 @@ def train_score_model(cfg: ScoreModelConfig, base: Path, train: list[dict], test
     with sharding.whole_loading() if sharded else contextlib.nullcontext():
         model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1)
     model.config.pad_token_id = tok.pad_token_id
-    scorer = EndScorer(model)
-    if sharded:
-        sharding.shard(model, root=scorer)
-        sharding.report(acc, {f"{cfg.kind} model": model})
     if cfg.lora_rank > 0:
         from peft import get_peft_model
 
         from safealign.methods.training import lora_config
         model = get_peft_model(model, lora_config(cfg.lora_rank, cfg.lora_alpha, cfg.lora_modules, "SEQ_CLS"))
+    scorer = EndScorer(model)            # the module trained: its forward is end_scores
+    if sharded:
+        sharding.shard(model, root=scorer)
+        sharding.report(acc, {f"{cfg.kind} model": model})
     pairs, dropped = _pairs(train, cfg.kind, template)
     steps = cfg.epochs * ((len(pairs) + cfg.batch_size - 1) // cfg.batch_size)
     opt = adamw(model, cfg.learning_rate, cfg.weight_decay)
     # Safe RLHF's score-model scripts: cosine schedule with int(0.03 * total) warmup steps
     sched = get_cosine_schedule_with_warmup(opt, int(cfg.warmup_ratio * steps), steps)
     if not sharded:
-        scorer, opt = acc.prepare(EndScorer(model), opt)
+        scorer, opt = acc.prepare(scorer, opt)
     rng = random.Random(seed)
     scorer.train()
     with tqdm(total=steps, desc=f"{cfg.kind} model", unit="step", disable=not acc.is_main_process) as bar:
@@ -181,10 +181,7 @@ def train_score_model(cfg: ScoreModelConfig, base: Path, train: list[dict], test
             for i in range(0, len(pairs), cfg.batch_size):
                 opt.zero_grad()
                 loss = batch_backward(acc, scorer, tok, pairs[i:i + cfg.batch_size], cfg)
-                if sharded:
-                    sharding.clip(scorer.parameters(), cfg.max_grad_norm)
-                else:
-                    acc.clip_grad_norm_(scorer.parameters(), cfg.max_grad_norm)
+                sharding.clip(acc, scorer.parameters(), cfg.max_grad_norm, sharded)
                 opt.step()
                 sched.step()
                 bar.set_postfix(loss=f"{loss:.3f}")

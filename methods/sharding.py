@@ -83,6 +83,10 @@ def load_full_state(model, opt, model_state: dict, opt_state: dict) -> None:
                    options=StateDictOptions(full_state_dict=True))
 
 
-def clip(params, max_norm: float) -> None:
-    """Gradient clipping by the global norm; on sharded (DTensor) gradients the norm is reduced over processes."""
-    torch.nn.utils.clip_grad_norm_(list(params), max_norm)
+def clip(acc, params, max_norm: float, sharded: bool) -> None:
+    """Gradient clipping by the global norm: accelerate's for whole (or DDP) models; torch's for sharded (DTensor)
+    gradients, whose norm it reduces over the processes."""
+    if sharded:
+        torch.nn.utils.clip_grad_norm_(list(params), max_norm)
+    else:
+        acc.clip_grad_norm_(params, max_norm)

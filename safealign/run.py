@@ -14,7 +14,7 @@ from pathlib import Path
 
 from safealign import BenchError
 from safealign.config import apply_overrides, check_sections, load_benchmark
-from safealign.launch import OWN_LOOPS
+from safealign.launch import OWN_LOOPS, check as check_launch
 from safealign.pipeline import PROMPT_SETS
 from safealign.plan import DEFAULT_RESOURCES, Graph, Spec, call, is_done
 from safealign.registry import METHODS
@@ -89,7 +89,6 @@ class Run:
         if "{input}" not in self.template:
             raise BenchError("prompt_template must contain {input}, e.g. 'USER: {input} ASSISTANT:'")
         self.resources = _check_resources(self.config.get("resources", {}))
-        from safealign.launch import check as check_launch
         self.launch = check_launch(self.typed["launch"])
         for spec in self.methods:
             if self.is_exact and METHODS[parse_method(spec)[0]].target is None:

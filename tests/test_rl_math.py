@@ -141,6 +141,13 @@ def test_grouped_loss_by_hand_and_split_over_two_processes():
     b = grouped_loss(per_seq[2:], group[2:], torch.tensor([2, 1]), world=2)
     assert a.item() == pytest.approx(1.5) and b.item() == pytest.approx(3.0)
     assert ((a + b) / 2).item() == pytest.approx(2.25)
+    # the PPO loop's actor loss (one group over sequence_means of the surrogate) is Safe RLHF's clipped surrogate
+    from safealign.methods.rl_math import sequence_means, surrogate_tokens
+    logp, old, adv = torch.tensor([[0.1, 0.3], [0.2, -0.4]]), torch.zeros(2, 2), torch.tensor([[1.0, -2.0], [0.5, 1.5]])
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
+    per_seq = sequence_means(surrogate_tokens(logp, old, adv, 0.2), mask)
+    one_group = grouped_loss(per_seq, torch.zeros(2, dtype=torch.long), torch.tensor([2, 0]))
+    assert one_group.item() == pytest.approx(clipped_surrogate(logp, old, adv, mask, 0.2).item(), abs=1e-7)
 
 
 def test_gumbel_sampler_draws_softmax_and_each_row_from_its_own_seed():
