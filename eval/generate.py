@@ -2,7 +2,8 @@
 
 Two backends behind one function: vLLM (`vllm.LLM` with explicit SamplingParams) and Hugging Face
 `generate`. `backend = "auto"` takes vLLM when it is importable. Both are given the same prompt token ids
-(`safealign.tokens.prompt_ids`, those TRL trains on), and answers are cut as the official code cuts them.
+(`safealign.tokens.prompt_ids`, those TRL trains on), and answers are cut as the official code cuts them
+(`postprocess = False`: kept as generated, for answers that are scored rather than judged, e.g. MoCAN's dual).
 Resumable: answers are appended to the output file as they are made, so a killed run generates only the
 prompts that are missing.
 """
@@ -26,6 +27,7 @@ class GenerationConfig:
     batch_size: int = 16
     seed: int = 0
     max_model_len: int | None = None   # vLLM's context length; None takes the model's
+    postprocess: bool = True      # strip and cut at STOP_WORDS (the paper's evaluation); False: the decoded text
 
 
 # As line/sacpo src/evaluate/generate.py: strip, then remove_keywords (src/util.py) with STOP_WORDS (src/constant.py).
@@ -68,9 +70,10 @@ def resolve_backend(name: str) -> str:
     return name
 
 
-def _write(f, prompt: dict, text: str) -> None:
+def _write(f, prompt: dict, text: str, cut: bool) -> None:
     f.write(json.dumps({"prompt_id": prompt["prompt_id"], "prompt": prompt["prompt"],
-                        "category": prompt.get("category", ""), "response": postprocess(text)}) + "\n")
+                        "category": prompt.get("category", ""), "response": postprocess(text) if cut else text})
+            + "\n")
 
 
 _ENGINE: dict = {}
@@ -134,7 +137,7 @@ def _generate_vllm(model_dir: Path, todo: list[dict], template: str, cfg: Genera
                        for p in batch]
             results = llm.generate(prompts, params, use_tqdm=False)
             for p, r in zip(batch, results):
-                _write(f, p, r.outputs[0].text)
+                _write(f, p, r.outputs[0].text, cfg.postprocess)
             f.flush()
             bar.update(len(batch))
 
@@ -159,6 +162,6 @@ def _generate_hf(model_dir: Path, todo: list[dict], template: str, cfg: Generati
                                          temperature=cfg.temperature if sample else None, top_p=None, top_k=None,
                                          pad_token_id=tok.pad_token_id)
             for p, row in zip(batch, out_ids[:, ids.shape[1]:]):
-                _write(f, p, tok.decode(row, skip_special_tokens=True))
+                _write(f, p, tok.decode(row, skip_special_tokens=True), cfg.postprocess)
             f.flush()
             bar.update(len(batch))

@@ -118,10 +118,12 @@ def oracle_metrics(prompt: str, response: str) -> dict:
 
 class ScoreModelJudge(Judge):
     """Scores each answer with a reward model (helpfulness) and a cost model (harmlessness = -cost), as Safe
-    RLHF's arena does; any decoder sequence-classification checkpoint with one output (a `score` head, as
-    Hugging Face's Llama, Qwen2 and GPT-2 classes have) works. The prompt goes through `template` (the run's
-    prompt_template when make_judge is given it) and is scored by the very functions the score models train
-    and evaluate with (safealign.methods.score_model: format_pair, encode, end_scores)."""
+    RLHF's arena does: the suite's own score models, Hugging Face sequence-classification checkpoints with one
+    output, or Safe RLHF's released *ForScore models (PKU-Alignment/beaver-7b-v1.0-reward and -cost), each with
+    its trained head (safealign.methods.score_model.load_score_model; a checkpoint without one is refused). The
+    prompt goes through `template` (the run's prompt_template when make_judge is given it) and is scored by the
+    very functions the score models train and evaluate with (format_pair, encode, end_scores), on the GPU when
+    there is one."""
 
     def __init__(self, reward_model: str = "", cost_model: str = "", template: str = "{input}", batch_size: int = 32,
                  max_length: int = 512):
@@ -144,11 +146,14 @@ class ScoreModelJudge(Judge):
 
     def _model(self, kind: str):
         if kind not in self._models:
-            from transformers import AutoModelForSequenceClassification, AutoTokenizer
+            from transformers import AutoTokenizer
+
+            from safealign.methods.score_model import load_score_model
+            from safealign.models import device
             path = self.paths[kind]
+            model = load_score_model(path).eval().to(device())      # its stored dtype; the BenchError names path
             try:
                 tok = AutoTokenizer.from_pretrained(path)
-                model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1).eval()
             except (OSError, ValueError) as e:
                 raise BenchError(f"could not load score model '{path}': {str(e).splitlines()[0]}") from None
             tok.pad_token = tok.pad_token or tok.eos_token

@@ -17,15 +17,32 @@ multiplier reads the episodes of every process (gathered, as Safe RLHF reduces t
 before its lambda step), so every rank holds the same lambda. Answers are sampled per row from seeded
 generators (methods/rollouts.py), so N processes train on the answers one process would sample.
 
-RePO as built here (its exact multiplier update is not public). The penalty is per prompt: the constraint is
-C(x, y) <= 0 for every answer, so the cost critic learns the rectified cost max(C, 0), a safe answer carries
-no penalty at all, and however safe one answer is it cannot pay for an unsafe answer to another prompt, as it
-can under Safe RLHF's expected-cost constraint. A multiplier on max(C, 0) with threshold 0 could only rise,
-since a rectified cost is never negative; so the multiplier here follows the share of violating answers
-(C > 0) among the last `episode_window` episodes against a target rate `violation_target` (default 0.05):
-log lambda += lambda_lr * lambda * (violation share - target). Lambda rises while more answers violate than
-the target allows and falls once fewer do, so the reward regains weight when the constraint is met; it is
-capped at lambda_max. In the clipped objective safe and unsafe samples form two batches of equal weight, so
+Rollouts as Safe RLHF's: the training prompts are de-duplicated (one row per prompt text, as its
+PromptOnlyDataset keeps, safe-rlhf:safe_rlhf/datasets/prompt_only.py), and prompt plus answer are capped
+together at `max_length` tokens (its GenerationConfig(max_length=512), safe-rlhf:safe_rlhf/trainers/
+rl_trainer.py): each row's answer keeps at most max_length - its prompt's tokens (and max_new_tokens), the
+tokens sampled past that are masked out and the answer counts as cut, with no EOS. The reference truncates a
+longer prompt to max_length, which cuts off the template's "ASSISTANT:" and leaves no room for an answer; here
+such prompts are dropped, and their number logged (our choice). An answer ends at the first of ANY of the
+actor's EOS ids (the tokenizer's and generation_config's, e.g. Llama 3's two), and generation stops there.
+
+PTX (`ptx_coeff` > 0) trains on its own instruction data, `ptx_source`, as Safe RLHF's `--ptx_datasets alpaca`
+(safe-rlhf:scripts/ppo-lag.sh) through its SupervisedDataset (prompt tokens masked): an Alpaca-format file, a
+hub id at `ptx_revision` or a URL with `ptx_sha256`; or "safe-answers", the preference data's answers that are
+both the better one and labelled safe. Unsafe answers never enter PTX.
+
+RePO (Peng et al., arXiv 2410.19933) on the same machinery. Its constraint is per prompt, C(x, y) <= 0 for
+every answer (here C(x, y) <= `threshold`, 0 as published), penalised through the rectified cost
+{C(x, y)}^+ = max(C, 0) in its min-max objective: the cost critic learns the rectified cost, a safe answer
+carries no penalty at all, and however safe one answer is it cannot pay for an unsafe answer to another
+prompt, as it can under Safe RLHF's expected-cost constraint. Its multiplier (`repo_multiplier`):
+"rectified" (default) is dual ascent on that objective, Safe RLHF's log-lambda step on the window's mean
+rectified cost with bound 0: log lambda += lambda_lr * lambda * mean{C}^+. As {C}^+ >= 0, lambda never falls:
+it rises while any answer in the window violates, up to lambda_max, and holds once none does. The paper's code
+could not be read here, so the step size, initial value and cap are Safe RLHF's (a scalar lambda, not one
+per prompt): our reading. "share" is this suite's earlier rule, not the paper's: the share of violating
+answers in the window against `violation_target`, so lambda falls again below that share. In the clipped
+objective safe and unsafe samples form two batches of equal weight (the paper's safe/unsafe batching), so
 the few unsafe samples of a mostly safe batch still steer the update.
 """
 from __future__ import annotations
@@ -42,11 +59,14 @@ import torch
 
 from safealign import BenchError
 from safealign.methods.ppo_models import Models, load_checkpoint, save_checkpoint, token_logps  # noqa: F401
-from safealign.methods.rl_math import (clipped_value_loss, combined_advantage, gae, grouped_loss, lagrange_update,
-                                       rectified, sequence_means, shuffled_pass, surrogate_tokens, token_rewards,
-                                       violations)
+from safealign.methods.rl_math import (answer_budgets, answer_mask, clipped_value_loss, combined_advantage, gae,
+                                       grouped_loss, lagrange_update, rectified, sequence_means, shuffled_pass,
+                                       surrogate_tokens, token_rewards, violations)
 from safealign.methods.rollouts import BACKENDS, VLLMRollouts, hf_answers, row_seeds
 from safealign.stages import write_jsonl
+
+REPO_MULTIPLIERS = ("rectified", "share")
+SAFE_ANSWERS = "safe-answers"      # ptx_source: the preference data's safe, better answers
 
 
 @dataclass
@@ -72,12 +92,18 @@ class PPOConfig:
     lambda_init: float = 1.0
     lambda_lr: float = 0.1
     lambda_max: float = 5.0
-    threshold: float = 0.0        # saferlhf: the mean episode cost allowed
-    violation_target: float = 0.05   # repo: the share of answers with cost > 0 allowed
+    threshold: float = 0.0        # saferlhf: the mean episode cost allowed; repo: each answer's cost allowed
+    repo_multiplier: str = "rectified"   # repo: "rectified" (the paper's dual step on mean {C}^+) | "share" (ours)
+    violation_target: float = 0.05   # repo_multiplier = "share": the share of answers with cost > threshold allowed
     lambda_delay: int = 0         # steps before the multiplier starts to move
-    episode_window: int = 128     # the multiplier reads the last this-many episodes
-    ptx_coeff: float = 0.0        # Safe RLHF's optional LM loss on SFT data (16.0 in its scripts)
-    max_length: int = 512         # PTX texts are cut to this many tokens
+    # the multiplier reads the last this-many episodes of all processes together (Safe RLHF: 128 per rank, each
+    # rank averaged, then averaged over the ranks: 128 x 8 ranks = the last 1024 episodes, 8 steps)
+    episode_window: int = 128
+    ptx_coeff: float = 0.0        # Safe RLHF's optional LM loss on instruction data (16.0 in its scripts)
+    ptx_source: str = ""          # PTX data: Alpaca-format file, hub id, URL, or "safe-answers" (module docstring)
+    ptx_revision: str = ""        # a hub ptx_source's commit ("" = latest)
+    ptx_sha256: str = ""          # a URL ptx_source's pinned hash
+    max_length: int = 512         # prompt + answer tokens in a rollout (Safe RLHF: 512); PTX texts are cut to it
     reward_model_epochs: int = 2
     cost_model_epochs: int = 2
     score_model_lr: float = 2e-5
@@ -86,6 +112,7 @@ class PPOConfig:
     save_every: int = 20          # steps between checkpoints that a killed run resumes from (0: none)
     rollouts: str = "hf"          # "hf" (generate in the training process) | "vllm" (an engine beside it)
     vllm_memory: float = 0.3      # rollouts = "vllm" on a GPU: the share of its memory the engine may take
+    bf16: bool = False            # bf16 autocast, float32 master weights (default: the benchmark's [train] bf16)
     # > 0: the score models, the actor and both critics train LoRA adapters (critics and score models their heads
     # too), and each frozen model is its trained twin with the adapters off: the reference is the actor's base,
     # the reward and cost models the critics' bases (a critic starts as its score model). Three bases, not six.
@@ -104,18 +131,21 @@ def rollout(m: Models, prompts: list[str], seeds: list[int], cfg: PPOConfig, eng
     from safealign.tokens import left_padded, prompt_ids
     # the prompt ids as TRL and vLLM tokenise a prompt (the tokenizer's own BOS included); left-padded for HF
     plain = [prompt_ids(m.tok, p) for p in prompts]
+    budgets = answer_budgets([len(p) for p in plain], cfg.max_length, cfg.max_new_tokens)
     ids, prompt_mask = (t.to(m.acc.device) for t in left_padded(plain, m.tok.pad_token_id))
     start = ids.shape[1]
     actor = m.core(m.actor)
+    eos = stop_ids(m)
     with torch.no_grad():
         actor.eval()
+        # sampled to the largest row budget (each row from its own seed, so its tokens do not depend on the
+        # others'); a row's tokens past its own budget are masked out below
         if engine is None:
-            resp = hf_answers(actor, ids, prompt_mask, seeds, cfg.max_new_tokens, cfg.temperature, m.tok.pad_token_id,
+            resp = hf_answers(actor, ids, prompt_mask, seeds, max(budgets), cfg.temperature, m.tok.pad_token_id,
                               synced=m.sharded)
         else:
-            resp = engine.answers(plain, cfg.max_new_tokens, cfg.temperature, m.tok.pad_token_id, m.acc.device)
-        ended = (resp == m.tok.eos_token_id).long()
-        mask = ((ended.cumsum(-1) - ended) == 0).float()          # tokens up to and including the first eos
+            resp = engine.answers(plain, max(budgets), cfg.temperature, m.tok.pad_token_id, m.acc.device)
+        mask = answer_mask(resp, eos, torch.tensor(budgets))
         resp_ids = torch.where(mask.bool(), resp, torch.full_like(resp, m.tok.pad_token_id))
         seq = torch.cat([ids, resp_ids], 1)
         attn = torch.cat([prompt_mask, mask.long()], 1)
@@ -130,6 +160,17 @@ def rollout(m: Models, prompts: list[str], seeds: list[int], cfg: PPOConfig, eng
             "ref_logp": ref_logp, "reward": r, "cost": c, "v_r": v_r, "v_c": v_c}
 
 
+def stop_ids(m: Models) -> list[int]:
+    """Every id that ends an answer: the tokenizer's EOS and each of the actor's generation_config EOS ids (an int
+    or a list: Llama 3 stops at <|end_of_text|> and <|eot_id|>). Written back into the actor's generation config,
+    so that `generate` (and vLLM, which reads the saved config) stops at any of them."""
+    gen = m.core(m.actor).generation_config
+    found = gen.eos_token_id if isinstance(gen.eos_token_id, (list, tuple)) else [gen.eos_token_id]
+    ids = sorted({int(i) for i in [m.tok.eos_token_id, *found] if i is not None})
+    gen.eos_token_id = ids
+    return ids
+
+
 def actor_loss(m: Models, b: dict, adv: torch.Tensor, cfg: PPOConfig) -> torch.Tensor:
     """This process's share of the clipped surrogate: per-sequence means, each row weighted as in the whole
     step's batch (RePO: safe and unsafe samples form two batches of equal weight, counted over all processes)."""
@@ -137,7 +178,8 @@ def actor_loss(m: Models, b: dict, adv: torch.Tensor, cfg: PPOConfig) -> torch.T
     logp = token_logps(m.actor, b["seq"], b["attn"], b["pos"], b["start"])
     mask = b["mask"]
     per_seq = sequence_means(surrogate_tokens(logp, b["old_logp"], adv, cfg.clip), mask)
-    group = (b["cost"] > 0).long() if cfg.algorithm == "repo" else torch.zeros_like(b["cost"], dtype=torch.long)
+    group = (b["cost"] > cfg.threshold).long() if cfg.algorithm == "repo" else \
+        torch.zeros_like(b["cost"], dtype=torch.long)
     counts = m.acc.reduce(torch.bincount(group, minlength=2), "sum")
     return grouped_loss(per_seq, group, counts, m.acc.num_processes)
 
@@ -160,7 +202,7 @@ def ppo_step(m: Models, b: dict, lam: float, cfg: PPOConfig, ptx: dict | None) -
     """One clipped PPO update of the actor and both critics on a rollout batch (this process's share of it);
     the figures it returns are averaged over the processes."""
     mask, kl = b["mask"], (b["old_logp"] - b["ref_logp"]) * b["mask"]
-    cost_end = rectified(b["cost"]) if cfg.algorithm == "repo" else b["cost"]
+    cost_end = rectified(b["cost"] - cfg.threshold) if cfg.algorithm == "repo" else b["cost"]
     rew = token_rewards(kl, b["reward"], mask, cfg.kl_coeff, -1.0, cfg.score_clip)
     cst = token_rewards(kl, cost_end, mask, cfg.kl_coeff, +1.0, cfg.score_clip)
     adv_r, ret_r = gae(rew, b["v_r"], mask, cfg.gamma, cfg.gae_lambda)
@@ -207,33 +249,109 @@ def shard(items: list, m: Models) -> tuple[list, int]:
     return items[first:first + n], first
 
 
+def multiplier_signal(cfg: PPOConfig, cost: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """(what each episode puts in the multiplier's window, the value the window's mean is held to). Safe RLHF:
+    the episode cost against `threshold`. RePO "rectified": {C - threshold}^+ against 0, the dual gradient of
+    its min-max objective; "share": 1 for an answer with C > threshold, against `violation_target`."""
+    if cfg.algorithm != "repo":
+        return cost, cfg.threshold
+    if cfg.repo_multiplier == "share":
+        return violations(cost - cfg.threshold), cfg.violation_target
+    return rectified(cost - cfg.threshold), 0.0
+
+
 def multiplier_step(cfg: PPOConfig, log_lambda: float, window: deque, cost: torch.Tensor,
                     step: int) -> tuple[float, float]:
-    """Add the batch to the window and take the log-lambda step (Safe RLHF: before the actor step). Safe
-    RLHF reads the mean episode cost against `threshold`; RePO the share of violating answers against
-    `violation_target` (see the module docstring). Returns (log lambda, the window figure it read)."""
-    window.extend((violations(cost) if cfg.algorithm == "repo" else cost).tolist())
+    """Add the step's episodes (all processes') to the window and take the log-lambda step on the window's mean
+    (Safe RLHF: before the actor step). The window spans steps when `episode_window` is longer than a step's
+    batch. Returns (log lambda, the window figure it read)."""
+    values, target = multiplier_signal(cfg, cost)
+    window.extend(values.tolist())
     figure = sum(window) / len(window)
     if step >= cfg.lambda_delay:
-        target = cfg.violation_target if cfg.algorithm == "repo" else cfg.threshold
         log_lambda = lagrange_update(log_lambda, figure, target, cfg.lambda_lr, cfg.lambda_max)
     return log_lambda, figure
 
 
+def training_prompts(rows: list[dict], template: str, tok, max_length: int) -> tuple[list[str], int]:
+    """The PPO prompts: each distinct prompt once, in first-seen order (Safe RLHF's PromptOnlyDataset keeps one
+    row per prompt), without those whose ids leave no room for an answer under max_length (module docstring).
+    Returns (prompts, how many were dropped as too long)."""
+    from safealign.tokens import prompt_ids
+    unique = list(dict.fromkeys(template.format(input=r["prompt"]) for r in rows))
+    kept = [p for p in unique if len(prompt_ids(tok, p)) < max_length]
+    return kept, len(unique) - len(kept)
+
+
+def safe_answer_examples(rows: list[dict], template: str) -> list[dict]:
+    """ptx_source = "safe-answers": per preference row its better answer, if that answer is labelled safe."""
+    out = []
+    for r in rows:
+        best = r["better_response_id"]
+        if r[f"is_response_{best}_safe"]:
+            out.append({"prompt": template.format(input=r["prompt"]), "completion": " " + r[f"response_{best}"]})
+    return out
+
+
+def ptx_examples(cfg: PPOConfig, rows: list[dict], template: str, downloads: Path, log=print) -> list[dict]:
+    """PTX's {prompt, completion} examples from `ptx_source`. An Alpaca row's prompt is its instruction, then a
+    space and its input when it has one (safe-rlhf:safe_rlhf/datasets/raw/alpaca.py joins them so), in the run's
+    prompt template; its completion is " " + output, the suite's answer convention (as sft_rows)."""
+    from safealign.data import load_instructions
+    from safealign.sources import resolve
+    if cfg.ptx_source == SAFE_ANSWERS:
+        examples = safe_answer_examples(rows, template)
+    else:
+        src = resolve(cfg.ptx_source, cfg.ptx_sha256 or None, downloads, log)
+        rows = load_instructions(src, "train", cfg.ptx_revision or None)
+        examples = [{"prompt": template.format(input=" ".join(x for x in (r["instruction"], r["input"]) if x)),
+                     "completion": " " + r["output"]} for r in rows]
+    if not examples:
+        raise BenchError(f"ppo ptx_source = '{cfg.ptx_source}' gave no PTX examples: give another source, or set "
+                         "ptx_coeff = 0")
+    return examples
+
+
+def resume_from(visible: list[bool], path: Path) -> bool:
+    """Whether the run continues from its checkpoint: the main process decides (visible[0], whether it sees the
+    file), and every process that must then load it has to see it too, else all fail together (without a shared
+    filesystem a rank would start from step 0 and pair its collectives wrongly with the others')."""
+    blind = [str(i) for i, seen in enumerate(visible) if not seen]
+    if visible[0] and blind:
+        raise BenchError(f"{path} is on the main process but process(es) {', '.join(blind)} cannot see it: put the "
+                         "stage's work folder on a filesystem every node shares, or delete the file to start over")
+    return visible[0]
+
+
+def decide_resume(m: Models, ckpt: Path) -> bool:
+    """resume_from on every process's view of `ckpt`, gathered in rank order (the main process's first): every
+    rank gets the main process's decision, as a broadcast would, and sees who else can read the file."""
+    from accelerate.utils import gather_object
+    return resume_from(gather_object([ckpt.exists()]), ckpt)
+
+
 def train_ppo(cfg: PPOConfig, sft: Path, reward: Path, cost: Path, rows: list[dict], template: str, work: Path,
-              seed: int) -> None:
-    from safealign.methods.sft import sft_rows
+              seed: int, downloads: Path | None = None, log=print) -> None:
+    from transformers import AutoTokenizer
+
     from safealign.methods.sharding import requested
     torch.manual_seed(seed)
-    prompts = [template.format(input=r["prompt"]) for r in rows]
-    examples = sft_rows(rows, template) if cfg.ptx_coeff > 0 else []      # PTX: the SFT stage's own examples
-    steps = total_steps(cfg, len(prompts))
+    check_settings(cfg, "ppo")
     check_processes(cfg, int(os.environ.get("WORLD_SIZE", "1")))       # before six models are loaded
+    prompts, too_long = training_prompts(rows, template, AutoTokenizer.from_pretrained(sft), cfg.max_length)
+    if not prompts:
+        raise BenchError(f"ppo: every training prompt is {cfg.max_length} tokens or longer: raise max_length")
+    steps = total_steps(cfg, len(prompts))
     m = Models(sft, reward, cost, cfg, steps, sharded=requested())
+    if too_long and m.acc.is_main_process:
+        log(f"ppo: dropped {too_long} training prompts of {cfg.max_length} tokens or more (no room for an answer)")
+    with m.acc.main_process_first():       # a URL or hub source is downloaded once, by the main process
+        examples = ptx_examples(cfg, rows, template, downloads or work / "downloads", log) if cfg.ptx_coeff > 0 \
+            else []
     log_lambda, window, curves, first = math.log(cfg.lambda_init), deque(maxlen=cfg.episode_window), [], 0
     work.mkdir(parents=True, exist_ok=True)
     ckpt = work / "checkpoint.pt"
-    if ckpt.exists():          # a killed run: continue from its last checkpoint
+    if decide_resume(m, ckpt):          # a killed run: continue from its last checkpoint
         state = load_checkpoint(ckpt, m)
         log_lambda, curves, first = state["log_lambda"], state["curves"], state["step"]
         window.extend(state["window"])
@@ -256,6 +374,22 @@ def train_ppo(cfg: PPOConfig, sft: Path, reward: Path, cost: Path, rows: list[di
         plot_curves(curves, work / "curves.png", cfg.algorithm)
         ckpt.unlink(missing_ok=True)
     m.acc.wait_for_everyone()
+
+
+def check_settings(cfg: PPOConfig, where: str) -> None:
+    """Settings that cannot work, one line each, before any model loads (at planning, and again in the stage)."""
+    from safealign.data import is_missing_file
+    from safealign.sources import is_url
+    if cfg.repo_multiplier not in REPO_MULTIPLIERS:
+        raise BenchError(f"{where} repo_multiplier = '{cfg.repo_multiplier}': choose from "
+                         f"{', '.join(REPO_MULTIPLIERS)}")
+    if cfg.ptx_coeff <= 0:
+        return
+    if not cfg.ptx_source:
+        raise BenchError(f"{where} ptx_coeff = {cfg.ptx_coeff} needs ptx_source: an Alpaca-format file, hub id (Safe "
+                         f"RLHF: tatsu-lab/alpaca) or URL, or '{SAFE_ANSWERS}'; or set ptx_coeff = 0")
+    if cfg.ptx_source != SAFE_ANSWERS and not is_url(cfg.ptx_source) and is_missing_file(cfg.ptx_source):
+        raise BenchError(f"{where} ptx_source {cfg.ptx_source} does not exist: check the path")
 
 
 def check_processes(cfg: PPOConfig, processes: int) -> None:
@@ -339,7 +473,7 @@ def score_models(run, cfg: PPOConfig) -> dict:
         sm = ScoreModelConfig(kind=kind, epochs=epochs, learning_rate=cfg.score_model_lr,
                               batch_size=cfg.score_model_batch, micro_batch=cfg.score_model_micro_batch,
                               max_length=max_len, lora_rank=cfg.lora_rank, lora_alpha=cfg.lora_alpha,
-                              lora_modules=list(cfg.lora_modules))
+                              lora_modules=list(cfg.lora_modules), bf16=cfg.bf16)
         scores[kind] = run.stage("score-model", "safealign.methods.ppo:score_stage",
                                  {"score": asdict(sm), "seed": run.seed, "limit": run.limit, "template": run.template},
                                  {"sft": run.reference, "data": run.data_stage}, f"{kind} model")
@@ -363,9 +497,11 @@ def score_stage(job) -> None:
 
 def rl_config(run, name: str, params: dict) -> PPOConfig:
     from safealign.methods.training import from_dict
-    cfg = from_dict(PPOConfig, run.method_settings(name, params), f"methods.{name}")
+    train_bf16 = {"bf16": bool(run.config.get("train", {}).get("bf16", False))}    # [methods.<name>] may override
+    cfg = from_dict(PPOConfig, {**train_bf16, **run.method_settings(name, params)}, f"methods.{name}")
     if cfg.algorithm not in ("saferlhf", "repo"):
         raise BenchError(f"[methods.{name}] algorithm must be 'saferlhf' or 'repo', got '{cfg.algorithm}'")
+    check_settings(cfg, f"[methods.{name}]")
     launch = run.launch
     check_processes(cfg, launch.processes if "rl" in launch.kinds else 1)
     if cfg.lora_rank > 0 and launch.processes > 1 and launch.config == "fsdp" and \
@@ -390,7 +526,7 @@ def rl_stage(job) -> None:
     from safealign.pipeline import train_rows
     c, i = job.config, job.inputs
     train_ppo(from_dict(PPOConfig, c["ppo"], "ppo"), i["sft"].model, i["reward"].model, i["cost"].model,
-              train_rows(job), c["template"], job.work, c["seed"])
+              train_rows(job), c["template"], job.work, c["seed"], downloads=job.root / "downloads", log=job.log)
 
 
 def rl_target(run, name: str, params: dict) -> list:

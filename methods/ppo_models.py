@@ -4,6 +4,12 @@ Without LoRA: the actor and the frozen reference from SFT, the frozen reward and
 cost critic initialised from them. With LoRA the three frozen ones are the trained ones' bases with the adapters
 off. Single process or DDP: accelerate prepares them; under an FSDP launch all six are sharded
 (methods/sharding.py).
+
+Precision as Safe RLHF's DeepSpeed bf16 engines have it (safe-rlhf:safe_rlhf/configs/deepspeed_config.py, bf16
+enabled): the trained models (actor, critics) are float32 master weights with float32 Adam states whatever the
+checkpoints' stored dtype, and with `bf16` every model computes under bf16 autocast (FSDP: a bf16 mixed-precision
+policy, gradients reduced in float32). The frozen ones keep their stored dtype. The actor is saved in the dtype
+the SFT checkpoint came in.
 """
 from __future__ import annotations
 
@@ -16,7 +22,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from safealign import BenchError
-from safealign.methods.score_model import ADAM_BETAS, EndScorer, adamw, end_scores
+from safealign.methods.score_model import ADAM_BETAS, EndScorer, adamw, end_scores, load_score_model
 
 if TYPE_CHECKING:
     from safealign.methods.ppo import PPOConfig
@@ -39,35 +45,48 @@ class Models:
 
         from safealign.methods.sharding import whole_loading
         self.acc = Accelerator(cpu=not torch.cuda.is_available())
+        self.sft, self.bf16 = sft, cfg.bf16
         self.tok = AutoTokenizer.from_pretrained(sft)
         self.tok.pad_token = self.tok.pad_token or self.tok.eos_token
         with whole_loading() if sharded else contextlib.nullcontext():
             self._load(sft, reward, cost, cfg)
         # the frozen score models are read through their parts (end_scores): an EndScorer is the module called
         self.scorers = {k: EndScorer(x) for k, x in (("reward", self.rm), ("cost", self.cm)) if x is not None}
+        self._compute(*self.scorers.values())
         self.sharded = sharded
         if sharded:
             self._shard(cfg)
         self._optimisers(cfg, steps)
 
     def _load(self, sft: Path, reward: Path, cost: Path, cfg: PPOConfig) -> None:
-        from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification,
-                                  AutoModelForTokenClassification)
-        self.actor = AutoModelForCausalLM.from_pretrained(sft)
-        self.vr = AutoModelForTokenClassification.from_pretrained(reward, num_labels=1)
-        self.vc = AutoModelForTokenClassification.from_pretrained(cost, num_labels=1)
+        from transformers import AutoModelForCausalLM
+        # trained: float32 master weights (a bf16 checkpoint would otherwise be stepped in bf16, where most
+        # updates of lr 1e-5 round away); critics start as the score models, head and bias included
+        self.actor = AutoModelForCausalLM.from_pretrained(sft, dtype=torch.float32)
+        self.vr = load_score_model(reward, head="token", dtype=torch.float32)
+        self.vc = load_score_model(cost, head="token", dtype=torch.float32)
+        self._compute(self.actor, self.vr, self.vc)
         self.ref = self.rm = self.cm = None          # with LoRA: the trained models with their adapters off
         if cfg.lora_rank > 0:
             self._adapters(cfg)
-        else:
+        else:                                        # frozen: as stored
             self.ref = AutoModelForCausalLM.from_pretrained(sft).eval()
-            self.rm = AutoModelForSequenceClassification.from_pretrained(reward, num_labels=1).eval()
-            self.cm = AutoModelForSequenceClassification.from_pretrained(cost, num_labels=1).eval()
+            self.rm = load_score_model(reward).eval()
+            self.cm = load_score_model(cost).eval()
+            self._compute(self.ref)
             for m in (self.ref, self.rm, self.cm):
                 m.requires_grad_(False)
         for m in (self.rm, self.cm, self.vr, self.vc):
             if m is not None:
                 m.config.pad_token_id = self.tok.pad_token_id
+
+    def _compute(self, *models) -> None:
+        """With `bf16`, each model's forward under bf16 autocast; patched before peft, prepare and sharding wrap
+        them, as their wrappers (and generate) call the model's own forward."""
+        if self.bf16:
+            from safealign.models import bf16_compute
+            for m in models:
+                bf16_compute(m, self.acc.device.type)
 
     def _optimisers(self, cfg: PPOConfig, steps: int) -> None:
         """Created after sharding (the optimisers hold the shards). Safe RLHF's ppo-lag.sh: actor weight decay
@@ -91,9 +110,9 @@ class Models:
         if cfg.lora_rank > 0:
             raise BenchError("ppo lora_rank > 0 under FSDP is not built: use launch.config = 'ddp' with LoRA")
         for model in (self.actor, self.vr, self.vc, self.ref):
-            sharding.shard(model)
+            sharding.shard(model, bf16=self.bf16)
         for kind, model in (("reward", self.rm), ("cost", self.cm)):
-            sharding.shard(model, root=self.scorers[kind])
+            sharding.shard(model, root=self.scorers[kind], bf16=self.bf16)
         sharding.report(self.acc, {"actor": self.actor, "reference": self.ref, "reward critic": self.vr,
                                    "cost critic": self.vc, "reward model": self.rm, "cost model": self.cm})
 
@@ -105,11 +124,6 @@ class Models:
         from peft import get_peft_model
 
         from safealign.methods.training import lora_config
-        for critic in (self.vr, self.vc):
-            # the token-classification head has a bias the score model lacks (loaded as new): zero, so that the
-            # critic with its adapters off scores exactly as the score model it was loaded from
-            if getattr(critic.score, "bias", None) is not None:
-                torch.nn.init.zeros_(critic.score.bias)
         self.actor = get_peft_model(self.actor, lora_config(cfg.lora_rank, cfg.lora_alpha, cfg.lora_modules,
                                                             "CAUSAL_LM"))
         self.vr, self.vc = (get_peft_model(c, lora_config(cfg.lora_rank, cfg.lora_alpha, cfg.lora_modules,
@@ -117,6 +131,10 @@ class Models:
 
     def core(self, model):
         return self.acc.unwrap_model(model)
+
+    def autocast(self):
+        """bf16 autocast when `bf16`, for the passes that call a model through its parts (LoRA's frozen twins)."""
+        return torch.autocast(self.acc.device.type, dtype=torch.bfloat16, enabled=self.bf16)
 
     def reference_logps(self, seq, attn, pos, start: int) -> torch.Tensor:
         if self.ref is not None:
@@ -130,12 +148,13 @@ class Models:
         if kind in self.scorers:
             return self.scorers[kind](seq, attn, pos)
         critic = self.core(self.vr if kind == "reward" else self.vc)
-        with critic.disable_adapter():
+        with critic.disable_adapter(), self.autocast():
             return end_scores(critic.get_base_model(), seq, attn, pos)
 
     def save_actor(self, folder: Path) -> None:
         """The trained actor as one plain checkpoint, written by the main process (adapters merged; shards
         gathered, which every process takes part in)."""
+        from safealign.models import cast_checkpoint, stored_dtype
         actor = self.core(self.actor)
         if self.sharded:
             from safealign.methods.sharding import full_model_state
@@ -144,6 +163,8 @@ class Models:
                 actor.save_pretrained(folder, state_dict=state)
         elif self.acc.is_main_process:
             (actor.merge_and_unload() if self.ref is None else actor).save_pretrained(folder)
+        if self.acc.is_main_process:        # in the SFT checkpoint's dtype: bf16 in, bf16 out
+            cast_checkpoint(folder, stored_dtype(self.sft))
 
 
 def save_checkpoint(path: Path, m: Models, step: int, log_lambda: float, window: deque, curves: list) -> None:

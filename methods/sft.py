@@ -33,6 +33,30 @@ def sft_stage(job) -> None:
     c = job.config
     train_sft(TrainConfig.from_dict(c["train"], "sft"), job.inputs["base"].model, train_rows(job), c["template"],
               job.work, c["seed"])
+    if c.get("dtype"):
+        save_in_dtype(job.work / "model", c["dtype"])
+
+
+def save_in_dtype(folder: Path, dtype: str) -> None:
+    """Re-save pi_ref's weights in `dtype` ([policy] dtype), so later stages load it as they load a hub checkpoint
+    stored that way (alpaca-7b-reproduced's config.json says torch_dtype bfloat16). Written beside the folder
+    first: the loaded weights may still map the old file."""
+    import os
+    import shutil
+
+    import torch
+    from accelerate import PartialState
+    from transformers import AutoModelForCausalLM
+    state = PartialState()
+    if state.is_main_process:
+        tmp = folder.with_name(folder.name + ".cast")
+        AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, dtype)).save_pretrained(tmp)
+        for old in folder.glob("model*.safetensors*"):
+            old.unlink()
+        for new in tmp.iterdir():
+            os.replace(new, folder / new.name)
+        shutil.rmtree(tmp)
+    state.wait_for_everyone()
 
 
 def reference(run, name: str, params: dict) -> list:

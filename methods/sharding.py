@@ -42,13 +42,18 @@ def whole_loading():
             os.environ[key] = before
 
 
-def shard(model, root=None) -> None:
+def shard(model, root=None, bf16: bool = False) -> None:
     """fully_shard every decoder layer of `model`, then `root` (default: the model; an EndScorer around it when the
-    model is called through its parts, so that the root's parameters are gathered for that call)."""
-    from torch.distributed.fsdp import fully_shard
+    model is called through its parts, so that the root's parameters are gathered for that call). With `bf16` the
+    gathered weights are cast to bf16 for compute and gradients reduced in float32 (FSDP2's MixedPrecisionPolicy);
+    the shards themselves stay in their loaded dtype (float32 master weights for a trained model)."""
+    import torch
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else \
+        MixedPrecisionPolicy()
     for layer in getattr(model, model.base_model_prefix).layers:
-        fully_shard(layer)
-    fully_shard(root if root is not None else model)
+        fully_shard(layer, mp_policy=policy)
+    fully_shard(root if root is not None else model, mp_policy=policy)
 
 
 def local_share(model) -> float:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from safealign import BenchError
+from safealign.models import cast_checkpoint, save_dtype
 
 
 @dataclass
@@ -21,7 +22,7 @@ class TrainConfig:
     warmup_ratio: float = 0.03
     max_length: int = 512
     save_steps: int = 200
-    bf16: bool = False
+    bf16: bool = False            # compute under bf16 autocast (CPU too); the trained weights stay float32 masters
     gradient_checkpointing: bool = True   # TRL's default, for 7B models; on a tiny model only ~20% more compute
     lora_rank: int = 0            # > 0: train LoRA adapters of this rank (peft) on lora_modules, merged when saved
     lora_alpha: float = 16.0
@@ -85,7 +86,7 @@ def trainer_args(cls, cfg: TrainConfig, work: Path, seed: int, **extra):
                lr_scheduler_type=cfg.lr_scheduler, warmup_steps=float(cfg.warmup_ratio), max_length=cfg.max_length,
                seed=seed, data_seed=seed, logging_steps=5, save_strategy="steps", save_steps=cfg.save_steps,
                save_total_limit=1, report_to=trainer_report_to(work), use_cpu=not torch.cuda.is_available(),
-               bf16=cfg.bf16 and torch.cuda.is_available(), gradient_checkpointing=cfg.gradient_checkpointing,
+               bf16=cfg.bf16, gradient_checkpointing=cfg.gradient_checkpointing,
                disable_tqdm=False, **extra)
 
 
@@ -124,6 +125,8 @@ def train_and_save(trainer, tokenizer, work: Path) -> None:
     else:
         trainer.save_model(str(work / "model"))
     if main:
+        # the float32 masters saved in the dtype the policy came in (safealign.models.load_policy)
+        cast_checkpoint(work / "model", save_dtype(model))
         tokenizer.save_pretrained(str(work / "model"))
         (work / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
         shutil.rmtree(ckpt_dir, ignore_errors=True)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import os
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
@@ -16,20 +17,78 @@ def benchmark_names() -> list[str]:
     return sorted(f.name[:-5] for f in files if f.name.endswith(".toml"))
 
 
+OWN_KEYS = ("name", "version", "description")     # a benchmark's identity: never inherited through `extends`
+
+
 def load_benchmark(name_or_path: str) -> dict:
-    """A benchmark by name (benchmarks/<name>.toml) or by the path of a user's own TOML file."""
+    """A benchmark by name (benchmarks/<name>.toml) or by the path of a user's own TOML file, with its parents
+    resolved: a file that says `extends = "<parent>"` (a name, or a .toml path relative to the file) is its
+    parent with the file's tables merged over it key by key; name, version and description are the file's own.
+    A string value that starts with ./ or ../ is a path relative to the file that holds it."""
+    return _resolve(name_or_path, None, ())
+
+
+def _read(name_or_path: str, folder: Path | None, child: Path | None) -> tuple[dict, Path]:
+    """(the file's own settings, the file's path); a relative .toml path is taken from `folder` when given;
+    `child` is the file whose `extends` names this one (for the error)."""
     path = Path(name_or_path)
+    if folder is not None and path.suffix == ".toml" and not path.is_absolute():
+        path = folder / path
     if path.suffix == ".toml" and path.exists():
         text = path.read_text()
     elif name_or_path in benchmark_names():
-        text = resources.files("safealign.benchmarks").joinpath(f"{name_or_path}.toml").read_text()
+        path = Path(str(resources.files("safealign.benchmarks").joinpath(f"{name_or_path}.toml")))
+        text = path.read_text()
     else:
-        raise BenchError(f"unknown benchmark '{name_or_path}': choose one of {', '.join(benchmark_names())} "
-                         "or give the path of a .toml file")
+        where = f"{child.name}: extends = \"{name_or_path}\" names no benchmark" if child else \
+            f"unknown benchmark '{name_or_path}'"
+        raise BenchError(f"{where}: choose one of {', '.join(benchmark_names())} or give the path of a .toml file")
     try:
-        return tomllib.loads(text)
+        return tomllib.loads(text), path.resolve()
     except tomllib.TOMLDecodeError as e:
         raise BenchError(f"benchmark config {name_or_path} is not valid TOML: {e}") from None
+
+
+def _resolve(name_or_path: str, folder: Path | None, chain: tuple[Path, ...]) -> dict:
+    """The benchmark with its `extends` chain merged in; `chain` holds the files that extend it (for cycles)."""
+    config, path = _read(name_or_path, folder, chain[-1] if chain else None)
+    if path in chain:
+        cycle = " -> ".join(p.name for p in (*chain, path))
+        raise BenchError(f"benchmark {chain[0].name}: its `extends` chain loops ({cycle}); remove one `extends`")
+    config = _relative_paths(config, path.parent)
+    parent = config.get("extends")
+    if parent is None:
+        return config
+    if not isinstance(parent, str) or not parent:
+        raise BenchError(f"{path.name}: extends = {parent!r} must name a benchmark, e.g. extends = \"paper\"")
+    base = _resolve(parent, path.parent, (*chain, path))
+    for key in OWN_KEYS:
+        base.pop(key, None)
+    merged = merge_tables(base, config)
+    return {**{k: merged.pop(k) for k in (*OWN_KEYS, "extends") if k in merged}, **merged}   # identity first
+
+
+def merge_tables(base: dict, over: dict) -> dict:
+    """`over` laid on `base`: tables merge key by key (at any depth), any other value replaces the base's."""
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge_tables(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _relative_paths(node, folder: Path):
+    """Every string in the file's tables that starts with ./ or ../ made absolute against the file's folder, so
+    a benchmark and its data files travel together (a parent's paths stay relative to the parent's file)."""
+    if isinstance(node, dict):
+        return {k: _relative_paths(v, folder) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_relative_paths(v, folder) for v in node]
+    if isinstance(node, str) and node.startswith(("./", "../")):
+        return os.path.normpath(folder / node)
+    return node
 
 
 def parse_value(text: str):
@@ -124,6 +183,8 @@ class PolicyConfig:
     revision: str = ""
     sft: bool = False              # fine-tune the base on the data's responses first
     sft_per_seed: bool = False     # one reference per seed (default: one shared pi_ref, as the paper's is fixed)
+    dtype: str = ""                # with sft: the dtype pi_ref is saved in, e.g. "bfloat16" as alpaca-7b-reproduced
+    #                                is stored ("" = as trained); later stages load it as they would the hub's
     tiny: dict = field(default_factory=dict)
 
 
@@ -161,7 +222,8 @@ class PlanConfig:                  # `bench plan`: what planning cannot read off
     eval_prompts: int = 212        # helpful + red-team prompts each model answers (paper: 129 + 83)
 
 
-TOP_LEVEL = {"name": str, "version": int, "description": str, "prompt_template": str, "seed": int, "seeds": list}
+TOP_LEVEL = {"name": str, "version": int, "description": str, "prompt_template": str, "seed": int, "seeds": list,
+             "extends": str}
 SECTIONS = {"data": DataConfig, "world": WorldConfig, "exact": ExactConfig, "policy": PolicyConfig, "judge": JudgeConfig,
             "diagnostics": DiagnosticsConfig, "plan": PlanConfig, "launch": LaunchConfig,
             "eval_prompts": dict, "sft": dict, "train": dict, "methods": dict, "generation": dict, "resources": dict}
@@ -179,9 +241,22 @@ def check_sections(config: dict) -> dict:
             raise BenchError(f"[{key}] must be a table of settings, got {value!r}")
     typed = {name: from_dict(cls, config.get(name, {}), name) for name, cls in SECTIONS.items() if cls is not dict}
     typed["tiny"] = from_dict(TinyPolicyConfig, typed["policy"].tiny, "policy.tiny")
+    check_policy_dtype(typed["policy"])
     for name, spec in config.get("eval_prompts", {}).items():
         if name not in ("helpful", "redteam"):
             raise BenchError(f"[eval_prompts.{name}] is unknown: the prompt sets are eval_prompts.helpful and "
                              "eval_prompts.redteam")
         typed[f"eval_prompts.{name}"] = from_dict(PromptSetConfig, spec, f"eval_prompts.{name}")
     return typed
+
+
+SAVE_DTYPES = ("bfloat16", "float16", "float32")
+
+
+def check_policy_dtype(policy: PolicyConfig) -> None:
+    """[policy] dtype is applied where the SFT stage saves pi_ref; a given checkpoint keeps its stored dtype."""
+    if policy.dtype and policy.dtype not in SAVE_DTYPES:
+        raise BenchError(f"policy.dtype = '{policy.dtype}': choose one of {', '.join(SAVE_DTYPES)} (or leave it out)")
+    if policy.dtype and not policy.sft:
+        raise BenchError(f"policy.dtype = '{policy.dtype}' needs policy.sft = true: it is the dtype the SFT stage "
+                         "saves pi_ref in; a given checkpoint keeps its own")

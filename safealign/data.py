@@ -77,6 +77,38 @@ def load_preferences(source: str, split: str = "train", revision: str | None = N
     return validate_preferences(read_rows(source, split, revision), f"{source}[{split}]")
 
 
+INSTRUCTION_COLUMNS = ("instruction", "input", "output")
+
+
+def is_missing_file(source: str) -> bool:
+    """True when `source` names a local file (a path, or a name with a data file's suffix, as read_rows tells
+    them from hub ids) that does not exist: a check that can run while planning."""
+    path = Path(source)
+    looks_local = path.suffix in (".json", ".jsonl", ".parquet", ".csv") or source.startswith((".", "/"))
+    return looks_local and not path.exists()
+
+
+def load_instructions(source: str, split: str = "train", revision: str | None = None) -> list[dict]:
+    """Instruction data in the Alpaca format (tatsu-lab/alpaca: {instruction, input, output}, `input` often
+    empty) as [{instruction, input, output}] strings, with schema checks; for Safe RLHF's PTX loss."""
+    rows = read_rows(source, split, revision)
+    if not rows:
+        raise BenchError(f"instruction data {source} is empty")
+    missing = [c for c in ("instruction", "output") if c not in rows[0]]
+    if missing:
+        raise BenchError(f"instruction data {source} is missing column '{missing[0]}' "
+                         f"(the Alpaca format: {', '.join(INSTRUCTION_COLUMNS)}; input may be empty)")
+    out = []
+    for i, row in enumerate(rows):
+        for col in ("instruction", "output"):
+            if not isinstance(row[col], str) or not row[col].strip():
+                raise BenchError(f"instruction data {source}, row {i}: {col} is empty")
+        extra = row.get("input")
+        out.append({"instruction": row["instruction"], "input": extra if isinstance(extra, str) else "",
+                    "output": row["output"]})    # a missing input (None, or NaN from a table) is no input
+    return out
+
+
 PROMPT_FIELDS = ("prompt", "instruction", "input", "question")
 
 

@@ -195,9 +195,10 @@ class Run:
         if not pol.get("sft", False):
             return base
         cfg = TrainConfig.from_dict(self.config.get("sft", {}), "sft")
+        dtype = self.typed["policy"].dtype          # in the key only when set: earlier references stay cached
         return self.stage("sft", "safealign.methods.sft:sft_stage", {"train": asdict(cfg), "seed": seed,
-                          "limit": self.limit, "template": self.template}, {"base": base, "data": self.data_stage},
-                          "sft" if seed == self.ref_seed else f"sft#{seed}")
+                          "limit": self.limit, "template": self.template, **({"dtype": dtype} if dtype else {})},
+                          {"base": base, "data": self.data_stage}, "sft" if seed == self.ref_seed else f"sft#{seed}")
 
     def _base_policy(self, pol: dict, seed: int) -> Spec:
         base = pol["base"]
@@ -222,10 +223,11 @@ class Run:
                           {"policy": policy, "reference": reference, **inputs}, label)
 
     def generate(self, label: str, model: Spec, prompt_set: str, samples: int = 0,
-                 temperature: float | None = None) -> Spec:
+                 temperature: float | None = None, raw: bool = False) -> Spec:
         """The model's answers to a prompt set ("helpful", "redteam", or "train" for its distinct training
         prompts): greedy by default (the paper's protocol), or with `samples` > 0 that many sampled answers per
-        prompt at `temperature` (default [diagnostics]'s; ids '<prompt_id>#<i>')."""
+        prompt at `temperature` (default [diagnostics]'s; ids '<prompt_id>#<i>'). `raw`: answers as generated,
+        not cut at the evaluation's stop words (for answers that score models read, as MoCAN's dual does)."""
         from safealign.eval.generate import resolve_backend
         gen = {"seed": self.seed, **self.config.get("generation", {})}
         if samples:
@@ -235,7 +237,9 @@ class Run:
         if not gen.get("temperature", 0.0):
             gen["seed"] = 0        # greedy answers do not depend on the seed: one stage serves every seed
         gen["backend"] = resolve_backend(gen.get("backend", "auto"))     # keyed on the engine that really runs
-        what = f"{prompt_set} x{samples} sampled" if samples else prompt_set
+        if raw:            # in the key: raw and cut answers never share a stage (cut stages keep their old keys)
+            gen["postprocess"] = False
+        what = (f"{prompt_set} x{samples} sampled" if samples else prompt_set) + (" raw" if raw else "")
         return self.stage("generate", "safealign.pipeline:generate_stage",
                           {"generation": gen, "set": prompt_set, "template": self.template, "limit": self.limit,
                            "samples": samples}, {"model": model, "data": self.data_stage},

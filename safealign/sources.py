@@ -74,5 +74,11 @@ def fetch(url: str, sha256: str | None, downloads: Path, log=print) -> Path:
 
 
 def resolve(source: str, sha256: str | None, downloads: Path, log=print) -> str:
-    """A source as safealign.data reads it: a URL becomes its checked local copy; paths and hub ids pass through."""
-    return str(fetch(source, sha256, downloads, log)) if is_url(source) else source
+    """A source as safealign.data reads it: a URL becomes its checked local copy; a local file with a pinned sha256
+    is checked against it; hub ids pass through."""
+    if is_url(source):
+        return str(fetch(source, sha256, downloads, log))
+    if sha256 and Path(source).is_file() and sha256_of(Path(source)) != sha256.lower():
+        raise BenchError(f"{source} has sha256 {sha256_of(Path(source))}, the benchmark pins {sha256.lower()}: "
+                         "restore the file or fix the pinned sha256")
+    return source

@@ -9,7 +9,7 @@ from safealign.methods import ppo
 
 def main(root: Path, out: Path, die: bool) -> None:
     cfg = ppo.PPOConfig(steps=4, rollout_batch=4, max_new_tokens=8, actor_lr=1e-3, critic_lr=1e-3, save_every=2,
-                        ptx_coeff=1.0)
+                        ptx_coeff=1.0, ptx_source="safe-answers")
     if die:
         real, calls = ppo.ppo_step, []
 

