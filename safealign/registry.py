@@ -56,8 +56,8 @@ METHODS = {
                           {"a": "dpo-h", "b": "dpo-s", "weights": WEIGHTS}, sweep="weights", target=MERGE_T),
     "saferlhf": Method(RL, "Safe RLHF PPO-Lagrangian, reward + cost model (beaver-7b-v1.0: 0.596 / 0.692)",
                        {"algorithm": "saferlhf"}, target=RL_T),
-    "repo": Method(RL, "RePO: PPO with the rectified per-prompt penalty max(C, 0); lambda tracks the share of "
-                       "answers with C > 0 against violation_target (our reading; not in SACPO's tables)",
+    "repo": Method(RL, "RePO: PPO with the rectified per-prompt penalty max(C, 0); lambda by dual ascent on the "
+                       "mean rectified cost (our reading of the paper; not in SACPO's tables)",
                    {"algorithm": "repo"}, target=RL_T),
     "mocan": Method("safealign.methods.mocan:mocan",
                     "MoCAN: lambda* from the dual over pi_ref samples scored by reward/cost models, then one DPO run "

@@ -27,11 +27,15 @@ REPLACED = {
     "policy.tiny.layers", "policy.tiny.intermediate_size", "policy.tiny.max_positions",
     "sft.epochs", "sft.learning_rate", "sft.batch_size", "sft.warmup_ratio",  # ... SFT-trained here
     "sft.save_steps", "sft.gradient_checkpointing",
+    "train.epochs",                                                            # one pass, not three
     "generation.backend",                                                      # vLLM's engine start on a CPU
     "judge.name",                                                              # GPT-4 -> the offline oracle
     "methods.saferlhf.steps", "methods.saferlhf.rollout_batch",                # fewer PPO steps
     "methods.repo.steps", "methods.repo.rollout_batch",
-    "methods.saferlhf.ptx_source", "methods.repo.ptx_source",                  # Alpaca -> the mini Alpaca file
+    "methods.saferlhf.reward_model_epochs", "methods.saferlhf.cost_model_epochs",   # one pass per score model
+    "methods.repo.reward_model_epochs", "methods.repo.cost_model_epochs",
+    "methods.saferlhf.ptx_source", "methods.saferlhf.ptx_sha256",              # Alpaca -> the mini Alpaca file
+    "methods.repo.ptx_source", "methods.repo.ptx_sha256",
 }
 MINI = Path(__file__).resolve().parents[1] / "benchmarks" / "paper_mini"
 
@@ -87,7 +91,7 @@ def test_shipped_files_are_the_scripts_and_in_the_hub_formats(tmp_path):
     for path in write(tmp_path):
         assert path.read_bytes() == (MINI / path.name).read_bytes(), f"rerun make_paper_mini: {path.name} changed"
     train = [json.loads(line) for line in (MINI / "train.jsonl").read_text().splitlines()]
-    assert all(list(r) == list(PREFERENCE_COLUMNS) for r in train) and len(load_preferences(str(MINI / "train.jsonl"))) == 384
+    assert all(list(r) == list(PREFERENCE_COLUMNS) for r in train) and len(load_preferences(str(MINI / "train.jsonl"))) == 128
     for name, category in (("helpful_problem.json", "alpaca_eval_helpful_base"), ("safety_problem.json", "Crime")):
         rows = json.loads((MINI / name).read_text())
         assert all(set(r) == {"prompt", "category"} for r in rows) and rows[0]["category"] == category
@@ -100,7 +104,8 @@ def test_shipped_files_are_the_scripts_and_in_the_hub_formats(tmp_path):
     from safealign.sources import sha256_of
     mini = tomllib.loads((MINI.parent / "paper-mini.toml").read_text())
     pins = {mini["data"]["source"]: mini["data"]["sha256"], mini["data"]["test_source"]: mini["data"]["test_sha256"],
-            **{s["source"]: s["sha256"] for s in mini["eval_prompts"].values()}}
+            **{s["source"]: s["sha256"] for s in mini["eval_prompts"].values()},
+            **{m["ptx_source"]: m["ptx_sha256"] for m in (mini["methods"]["saferlhf"], mini["methods"]["repo"])}}
     for source, pin in pins.items():
         assert sha256_of(MINI.parent / source) == pin, source
 
@@ -165,7 +170,7 @@ def test_paper_mini_runs_every_method_offline_with_no_api_key(tmp_path):
     methods = every_method()
     r = subprocess.run([sys.executable, "-m", "safealign.cli", "run", "--benchmark", "paper-mini", "--methods",
                         ",".join(methods), "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "cache")],
-                       capture_output=True, text=True, env=offline_env(), timeout=1200)
+                       capture_output=True, text=True, env=offline_env(), timeout=1800)
     assert r.returncode == 0, r.stderr[-3000:]
     s = pd.read_csv(tmp_path / "out" / "summary.csv").set_index("method")
     assert set(s.index) == set(methods)

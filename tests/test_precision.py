@@ -51,7 +51,8 @@ def ppo_shares(folder) -> dict:
     torch.manual_seed(0)
     cfg = PPOConfig(rollout_batch=4, max_new_tokens=6, actor_lr=1e-5, critic_lr=5e-6, bf16=True)
     m = Models(folder / "sft", folder / "rm", folder / "cm", cfg, steps=1)
-    assert all(p.dtype == torch.float32 for name in ("actor", "vr", "vc") for p in m.core(getattr(m, name)).parameters())
+    trained = [m.core(getattr(m, name)) for name in ("actor", "vr", "vc")]
+    assert all(p.dtype == torch.float32 for model in trained for p in model.parameters())
     before = {name: snapshot(m.core(getattr(m, name))) for name in ("actor", "vr", "vc")}
     prompts = [TEMPLATE.format(input=r["prompt"]) for r in world.build()["train"][:4]]
     ppo_step(m, rollout(m, prompts, row_seeds(0, 0, 0, 4), cfg), 1.0, cfg, None)

@@ -104,7 +104,8 @@ def test_rectified_penalty_is_zero_for_safe_samples():
     assert rectified(torch.tensor([-3.0, 0.0, 0.5, 2.0])).tolist() == [0.0, 0.0, 0.5, 2.0]
 
 
-def test_repo_multiplier_follows_the_violation_share_and_can_fall():
+def test_the_share_variant_of_repos_multiplier_follows_the_violation_share_and_can_fall():
+    # repo_multiplier = "share" (the suite's earlier rule; the default "rectified" is in tests/test_ppo_rules.py)
     costs = torch.tensor([-2.0, 0.5, -1.0, -0.1, 3.0, -4.0, -0.5, -2.0, -1.0, -3.0])
     assert violations(costs).tolist() == [0, 1, 0, 0, 1, 0, 0, 0, 0, 0]
     share = violations(costs).mean().item()                                      # 2 of 10 violate
