@@ -2,8 +2,8 @@
 
 Without LoRA: the actor and the frozen reference from SFT, the frozen reward and cost models, and a reward and a
 cost critic initialised from them. With LoRA the three frozen ones are the trained ones' bases with the adapters
-off. Single process or DDP: accelerate prepares them; under an FSDP launch all six are sharded
-(methods/sharding.py).
+off. Single process or DDP: accelerate prepares them; under an FSDP launch all six are sharded, one after the
+other, each read from its checkpoint by process 0 alone and spread over the others' shards (methods/sharding.py).
 
 Precision as Safe RLHF's DeepSpeed bf16 engines have it (safe-rlhf:safe_rlhf/configs/deepspeed_config.py, bf16
 enabled): the trained models (actor, critics) are float32 master weights with float32 Adam states whatever the
@@ -13,7 +13,6 @@ the SFT checkpoint came in.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 from collections import deque
 from pathlib import Path
@@ -42,43 +41,60 @@ class Models:
     def __init__(self, sft: Path, reward: Path, cost: Path, cfg: PPOConfig, steps: int, sharded: bool = False):
         from accelerate import Accelerator
         from transformers import AutoTokenizer
-
-        from safealign.methods.sharding import whole_loading
+        if sharded and cfg.lora_rank > 0:
+            raise BenchError("ppo lora_rank > 0 under FSDP is not built: use launch.config = 'ddp' with LoRA")
         self.acc = Accelerator(cpu=not torch.cuda.is_available())
-        self.sft, self.bf16 = sft, cfg.bf16
+        self.sft, self.bf16, self.sharded = sft, cfg.bf16, sharded
         self.tok = AutoTokenizer.from_pretrained(sft)
         self.tok.pad_token = self.tok.pad_token or self.tok.eos_token
-        with whole_loading() if sharded else contextlib.nullcontext():
-            self._load(sft, reward, cost, cfg)
-        # the frozen score models are read through their parts (end_scores): an EndScorer is the module called
-        self.scorers = {k: EndScorer(x) for k, x in (("reward", self.rm), ("cost", self.cm)) if x is not None}
-        self._compute(*self.scorers.values())
-        self.sharded = sharded
+        self.scorers = {}
+        self._load(sft, reward, cost, cfg)
         if sharded:
-            self._shard(cfg)
+            from safealign.methods import sharding
+            sharding.report(self.acc, {"actor": self.actor, "reference": self.ref, "reward critic": self.vr,
+                                       "cost critic": self.vc, "reward model": self.rm, "cost model": self.cm})
         self._optimisers(cfg, steps)
 
     def _load(self, sft: Path, reward: Path, cost: Path, cfg: PPOConfig) -> None:
         from transformers import AutoModelForCausalLM
+
+        from safealign.methods.sharding import causal_lm_skeleton, score_model_skeleton
         # trained: float32 master weights (a bf16 checkpoint would otherwise be stepped in bf16, where most
         # updates of lr 1e-5 round away); critics start as the score models, head and bias included
-        self.actor = AutoModelForCausalLM.from_pretrained(sft, dtype=torch.float32)
-        self.vr = load_score_model(reward, head="token", dtype=torch.float32)
-        self.vc = load_score_model(cost, head="token", dtype=torch.float32)
-        self._compute(self.actor, self.vr, self.vc)
+        f32 = torch.float32
+        self.actor = self._place(lambda: AutoModelForCausalLM.from_pretrained(sft, dtype=f32),
+                                 lambda: causal_lm_skeleton(sft, f32))
+        self.vr, self.vc = (self._place(lambda p=p: load_score_model(p, head="token", dtype=f32),
+                                        lambda p=p: score_model_skeleton(p, "token", f32)) for p in (reward, cost))
         self.ref = self.rm = self.cm = None          # with LoRA: the trained models with their adapters off
         if cfg.lora_rank > 0:
             self._adapters(cfg)
         else:                                        # frozen: as stored
-            self.ref = AutoModelForCausalLM.from_pretrained(sft).eval()
-            self.rm = load_score_model(reward).eval()
-            self.cm = load_score_model(cost).eval()
-            self._compute(self.ref)
-            for m in (self.ref, self.rm, self.cm):
-                m.requires_grad_(False)
+            self.ref = self._place(lambda: AutoModelForCausalLM.from_pretrained(sft), lambda: causal_lm_skeleton(sft),
+                                   frozen=True)
+            # the frozen score models are read through their parts (end_scores): an EndScorer is the module called
+            self.rm, self.cm = (self._place(lambda p=p: load_score_model(p), lambda p=p: score_model_skeleton(p),
+                                            frozen=True, scorer=kind)
+                                for kind, p in (("reward", reward), ("cost", cost)))
         for m in (self.rm, self.cm, self.vr, self.vc):
             if m is not None:
                 m.config.pad_token_id = self.tok.pad_token_id
+
+    def _place(self, load, build, frozen: bool = False, scorer: str | None = None):
+        """One model: loaded (under FSDP on process 0 only, the others' built on the meta device), frozen or not,
+        its compute patched (on its EndScorer when `scorer` names one), then under FSDP sharded and filled from
+        process 0 before the next model loads, so that a process holds at most one whole model at a time."""
+        from safealign.methods import sharding
+        model = sharding.load_on_first(load, build) if self.sharded else load()
+        if frozen:
+            model.eval().requires_grad_(False)
+        root = None
+        if scorer is not None:
+            root = self.scorers[scorer] = EndScorer(model)
+        self._compute(model if root is None else root)
+        if self.sharded:
+            sharding.spread(model, root, self.acc.device, self.bf16)
+        return model
 
     def _compute(self, *models) -> None:
         """With `bf16`, each model's forward under bf16 autocast; patched before peft, prepare and sharding wrap
@@ -104,17 +120,6 @@ class Models:
                 self.actor, self.vr, self.vc, self.opt_actor, self.opt_critics)
             self.ref, self.rm, self.cm = (x if x is None else self.acc.prepare_model(x, evaluation_mode=True)
                                           for x in (self.ref, self.rm, self.cm))
-
-    def _shard(self, cfg: PPOConfig) -> None:
-        from safealign.methods import sharding
-        if cfg.lora_rank > 0:
-            raise BenchError("ppo lora_rank > 0 under FSDP is not built: use launch.config = 'ddp' with LoRA")
-        for model in (self.actor, self.vr, self.vc, self.ref):
-            sharding.shard(model, bf16=self.bf16)
-        for kind, model in (("reward", self.rm), ("cost", self.cm)):
-            sharding.shard(model, root=self.scorers[kind], bf16=self.bf16)
-        sharding.report(self.acc, {"actor": self.actor, "reference": self.ref, "reward critic": self.vr,
-                                   "cost critic": self.vc, "reward model": self.rm, "cost model": self.cm})
 
     def clip(self, model, max_norm: float) -> None:
         from safealign.methods.sharding import clip

@@ -304,8 +304,11 @@ def fit_score_model(acc, cfg: ScoreModelConfig, base: Path, tok, train: list[dic
     sharded = sharding.requested()
     if sharded and cfg.lora_rank > 0:
         raise BenchError("score model lora_rank > 0 under FSDP is not built: use launch.config = 'ddp' with LoRA")
-    with sharding.whole_loading() if sharded else contextlib.nullcontext():
-        model = load_score_model(base, new_head=True, dtype=torch.float32)
+    def load():
+        return load_score_model(base, new_head=True, dtype=torch.float32)
+    # under FSDP only process 0 reads the weights, the others' shards are filled from it (methods/sharding.py)
+    model = sharding.load_on_first(load, lambda: sharding.score_model_skeleton(base, dtype=torch.float32)) \
+        if sharded else load()
     model.config.pad_token_id = tok.pad_token_id
     if cfg.lora_rank > 0:
         from peft import get_peft_model
@@ -316,7 +319,7 @@ def fit_score_model(acc, cfg: ScoreModelConfig, base: Path, tok, train: list[dic
     if cfg.bf16:
         bf16_compute(scorer, acc.device.type)
     if sharded:
-        sharding.shard(model, root=scorer, bf16=cfg.bf16)
+        sharding.spread(model, scorer, acc.device, cfg.bf16)
         sharding.report(acc, {f"{cfg.kind} model": model})
     pairs, dropped = _pairs(train, cfg.kind, template)
     steps = cfg.epochs * ((len(pairs) + cfg.batch_size - 1) // cfg.batch_size)

@@ -50,7 +50,7 @@ def test_safe_rlhf_with_lora_holds_three_bases_and_saves_merged_models(tmp_path)
     from helpers import score_model
     from safealign.methods import ppo
     from safealign.methods.rollouts import row_seeds
-    from safealign.methods.score_model import ScoreModelConfig, end_scores, train_score_model
+    from safealign.methods.score_model import ScoreModelConfig, end_scores, load_score_model, train_score_model
     sft = tiny_model(tmp_path / "sft")
     rows = world.build()["train"][:16]
     template = "USER: {input} ASSISTANT:"
@@ -74,7 +74,7 @@ def test_safe_rlhf_with_lora_holds_three_bases_and_saves_merged_models(tmp_path)
     prompts = [template.format(input=r["prompt"]) for r in rows[:4]]
     b = ppo.rollout(m, prompts, row_seeds(0, 0, 0, 4), pcfg)
     for kind, path in (("reward", rm), ("cost", cm)):
-        alone = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1).eval()
+        alone = load_score_model(path).eval()      # the suite's loader: its head keeps its bias
         with torch.no_grad():
             expected = end_scores(alone, b["seq"], b["attn"], b["pos"])
         assert b[kind].tolist() == pytest.approx(expected.tolist(), abs=1e-5)

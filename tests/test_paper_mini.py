@@ -34,6 +34,7 @@ REPLACED = {
     "methods.repo.steps", "methods.repo.rollout_batch",
     "methods.saferlhf.reward_model_epochs", "methods.saferlhf.cost_model_epochs",   # one pass per score model
     "methods.repo.reward_model_epochs", "methods.repo.cost_model_epochs",
+    "methods.mocan.threshold",                                                 # reachable by barely trained models
     "methods.saferlhf.ptx_source", "methods.saferlhf.ptx_sha256",              # Alpaca -> the mini Alpaca file
     "methods.repo.ptx_source", "methods.repo.ptx_sha256",
 }

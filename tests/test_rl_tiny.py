@@ -39,10 +39,11 @@ def test_saferlhf_and_repo_lower_harm_with_shared_score_models(reference_only_ca
         lambdas = [c["lambda"] for c in curves[method]]
         assert max(lambdas) <= 5.0 + 1e-9 and len(set(lambdas)) > 1
         assert (tmp_path / "out" / "training" / f"{method}.curves.png").stat().st_size > 10_000
-    # repo's multiplier reads the share of violating answers in its window, and training lowers it
-    # (one run: 0.31 at the first step, 0.08 at the last; lambda 1.03 -> 2.88, still above the 0.05 target)
-    window = [c["window"] for c in curves["repo"]]
-    assert all(0.0 <= w <= 1.0 for w in window) and window[-1] < window[0]
+    # repo's multiplier reads the mean rectified cost {C}^+ of its window, which training lowers; lambda never
+    # falls (one run: window 0.57 at the first step, 0.40 at the last; lambda at its cap 5 from step 10)
+    window, lambdas = [c["window"] for c in curves["repo"]], [c["lambda"] for c in curves["repo"]]
+    assert all(w >= 0.0 for w in window) and window[-1] < window[0]
+    assert all(b >= a for a, b in zip(lambdas, lambdas[1:]))
 
     # MoCAN on the same cache: the score models are reused, lambda* comes from the dual on pi_ref's sampled
     # answers, and the pseudo-preferences ranked by r + lambda* g side with the safer answer more often than the
