@@ -298,11 +298,14 @@ def ptx_examples(cfg: PPOConfig, rows: list[dict], template: str, downloads: Pat
     space and its input when it has one (safe-rlhf:safe_rlhf/datasets/raw/alpaca.py joins them so), in the run's
     prompt template; its completion is " " + output, the suite's answer convention (as sft_rows)."""
     from safealign.data import load_instructions
-    from safealign.sources import resolve
+    from safealign.sources import resolve, sha256_of
     if cfg.ptx_source == SAFE_ANSWERS:
         examples = safe_answer_examples(rows, template)
     else:
         src = resolve(cfg.ptx_source, cfg.ptx_sha256 or None, downloads, log)
+        if cfg.ptx_sha256 and Path(src).is_file() and sha256_of(Path(src)) != cfg.ptx_sha256.lower():
+            raise BenchError(f"ptx_source {src} has sha256 {sha256_of(Path(src))}, the benchmark pins "
+                             f"{cfg.ptx_sha256}: restore the file, or fix ptx_sha256")
         rows = load_instructions(src, "train", cfg.ptx_revision or None)
         examples = [{"prompt": template.format(input=" ".join(x for x in (r["instruction"], r["input"]) if x)),
                      "completion": " " + r["output"]} for r in rows]

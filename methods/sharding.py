@@ -26,6 +26,7 @@ def requested() -> bool:
 
 
 def first_process() -> bool:
+    """Process 0 of the launch: the one that reads checkpoints under FSDP (load_on_first)."""
     return torch.distributed.get_rank() == 0
 
 

@@ -164,6 +164,12 @@ def test_alpaca_file_ptx_builds_prompts_as_safe_rlhf(tmp_path):
     got = ppo.ptx_examples(cfg, [], TEMPLATE, tmp_path / "downloads")
     assert got == [{"prompt": "USER: Sort these numbers. 3 1 2 ASSISTANT:", "completion": " 1 2 3"},
                    {"prompt": "USER: Name a colour. ASSISTANT:", "completion": " Blue."}]
+    from safealign.sources import sha256_of
+    assert ppo.ptx_examples(ppo.PPOConfig(ptx_coeff=1.0, ptx_source=str(data), ptx_sha256=sha256_of(data)), [],
+                            TEMPLATE, tmp_path / "downloads") == got
+    with pytest.raises(BenchError, match="the benchmark pins 0000"):       # a pinned local file that changed
+        ppo.ptx_examples(ppo.PPOConfig(ptx_coeff=1.0, ptx_source=str(data), ptx_sha256="0" * 64), [], TEMPLATE,
+                         tmp_path / "downloads")
     data.write_text(json.dumps({"prompt": "x", "output": "y"}))
     with pytest.raises(BenchError, match="missing column 'instruction'"):
         ppo.ptx_examples(cfg, [], TEMPLATE, tmp_path / "downloads")
