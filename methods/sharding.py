@@ -93,7 +93,7 @@ def causal_lm_skeleton(path, dtype=None):
         model.generation_config = GenerationConfig.from_pretrained(str(path))
     except OSError:
         pass
-    return model
+    return model.eval()         # as from_pretrained returns it (train mode would switch dropout on)
 
 
 def score_model_skeleton(path, head: str = "sequence", dtype=None):
@@ -108,7 +108,7 @@ def score_model_skeleton(path, head: str = "sequence", dtype=None):
     cls = AutoModelForSequenceClassification if head == "sequence" else AutoModelForTokenClassification
     model = cls.from_config(config, dtype=dtype or stored_dtype(path))
     set_head(model, torch.empty(1, config.hidden_size), None)
-    return model
+    return model.eval()         # as from_pretrained returns it (a token head's dropout stays off)
 
 
 def shard(model, root=None, bf16: bool = False) -> None:
