@@ -3,7 +3,7 @@ learns from better/worse pairs, the cost model from safer/unsafer pairs plus the
 answers above 0 and safe ones below (REFERENCE §5).
 
 One code path scores a (prompt, answer) everywhere: `format_pair` (the run's prompt template, the answer
-joined with nothing between, as Safe RLHF joins them), `encode` (safealign.tokens: the tokenizer's own special
+after one space, as the suite's SFT, DPO/KTO and PPO stages join them), `encode` (safealign.tokens: the tokenizer's own special
 tokens, a BOS on Llama tokenizers, and the answer split off as TRL splits it, EOS appended) and `end_scores`.
 Training, held-out evaluation, PPO rollouts and the score-model judge all go through them.
 
@@ -47,10 +47,12 @@ class ScoreModelConfig:
 
 
 def format_pair(template: str, prompt: str, response: str) -> tuple[str, str]:
-    """(prompt text, answer text): the template, then the answer with nothing between, as Safe RLHF's preference
-    datasets tokenise prompt + answer + eos (safe-rlhf:safe_rlhf/datasets/safety_preference.py:84-85), which is
-    also how alpaca-7b-reproduced was fine-tuned, so the answers it samples in PPO are scored as trained."""
-    return template.format(input=prompt), response
+    """(prompt text, answer text): the template, then the answer after one space, as every stage of the suite
+    joins them (SFT, TRL's DPO/KTO, PTX), so the answers a policy samples are scored as the score models were
+    trained. Safe RLHF joins prompt and answer with nothing between (safe-rlhf:safe_rlhf/datasets/
+    safety_preference.py:84-85); on a Llama tokenizer the answer's first token then lacks its word-start mark,
+    so a released Safe RLHF score model reads our texts one token off from its own (README, "Score models")."""
+    return template.format(input=prompt), " " + response
 
 
 def encode(tok, prompts: list[str], answers: list[str], max_length: int):

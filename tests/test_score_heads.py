@@ -37,12 +37,13 @@ def safe_rlhf_checkpoint(folder, base, normalise: dict | None = None):
 
 
 def hand_score(base, state, prompt: str, answer: str) -> float:
-    """head(last hidden state of prompt + answer + EOS), computed from the backbone and the head's tensors."""
+    """head(last hidden state of prompt + " " + answer + EOS, the suite's join), computed from the backbone and the
+    head's tensors."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from safealign.tokens import prompt_answer_ids
     tok = AutoTokenizer.from_pretrained(base)
-    p, a = prompt_answer_ids(tok, TEMPLATE.format(input=prompt), answer)
+    p, a = prompt_answer_ids(tok, TEMPLATE.format(input=prompt), " " + answer)
     with torch.no_grad():
         hidden = AutoModelForCausalLM.from_pretrained(base).model(input_ids=torch.tensor([p + a])).last_hidden_state
     return float(hidden[0, -1] @ state["score_head.weight"][0] + state["score_head.bias"][0])
@@ -101,7 +102,19 @@ def test_our_score_model_head_has_a_bias_that_starts_at_zero_and_survives_save_a
         assert torch.equal(load_score_model(tmp_path / "rm" / "model", head=head).score.bias.detach(), saved)
 
 
-def test_score_models_join_prompt_and_answer_as_safe_rlhf_does():
-    """prompt + answer with nothing between (safe-rlhf:safe_rlhf/datasets/safety_preference.py:84-85)."""
-    from safealign.methods.score_model import format_pair
-    assert format_pair(TEMPLATE, "q ?", "a .") == (TEMPLATE.format(input="q ?"), "a .")
+def test_score_models_read_answers_with_the_ids_the_policy_is_trained_on(tmp_path):
+    """The score models' texts (format_pair, encode) hold the very ids SFT trains the policy on (sft_rows, split as
+    TRL splits them), so an answer a policy samples in PPO is scored as the score models saw answers in training."""
+    from transformers import AutoTokenizer
+
+    from safealign.methods.score_model import encode, format_pair
+    from safealign.methods.sft import sft_rows
+    from safealign.tokens import prompt_answer_ids
+    tok = AutoTokenizer.from_pretrained(tiny_model(tmp_path / "base"))
+    row = world.build()["train"][0]
+    sft = sft_rows([row], TEMPLATE)[0]
+    policy = sum(prompt_answer_ids(tok, sft["prompt"], sft["completion"]), [])
+    ids, mask = encode(tok, *map(list, zip(format_pair(TEMPLATE, row["prompt"], row["response_0"]))), 512)
+    assert ids[0][mask[0].bool()].tolist() == policy
+    joined = list(tok(TEMPLATE.format(input=row["prompt"]) + row["response_0"] + tok.eos_token)["input_ids"])
+    assert joined != policy            # nothing between would change the answer's first token

@@ -93,7 +93,8 @@ def bare_trl(cfg, model_dir: Path, rows: list[dict], template: str, work: Path) 
     from trl import DPOConfig, DPOTrainer
 
     from safealign.methods.preference import dpo_pairs
-    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    # as the suite's stage (safealign.models.load_policy): the trained policy float32, the frozen one as stored
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     ref = AutoModelForCausalLM.from_pretrained(model_dir)
     tok = AutoTokenizer.from_pretrained(model_dir)
     args = DPOConfig(output_dir=str(work), num_train_epochs=cfg.epochs, learning_rate=cfg.learning_rate,
@@ -102,9 +103,9 @@ def bare_trl(cfg, model_dir: Path, rows: list[dict], template: str, work: Path) 
                      max_length=cfg.max_length, seed=0, data_seed=0, beta=cfg.beta, loss_type=["sigmoid"],
                      gradient_checkpointing=cfg.gradient_checkpointing, logging_steps=5, save_strategy="no",
                      report_to="none", use_cpu=not torch.cuda.is_available(), disable_tqdm=True,
-                     # TRL's configs default to bf16 (autocast, even on a CPU); the suite's stage trains in
-                     # cfg.bf16 on a GPU and float32 on a CPU, and "the same settings" means the same here.
-                     bf16=cfg.bf16 and torch.cuda.is_available())
+                     # TRL's configs default to bf16 (autocast, even on a CPU); the suite's stage passes
+                     # cfg.bf16 as set (methods/training.py trainer_args), and "the same settings" means the same.
+                     bf16=cfg.bf16)
     trainer = DPOTrainer(model=model, ref_model=ref, args=args,
                          train_dataset=Dataset.from_list(dpo_pairs(rows, cfg.target, template)), processing_class=tok)
     counts = count_padding(trainer)
