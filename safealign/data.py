@@ -46,14 +46,18 @@ def _read_local(path: Path) -> list[dict]:
     raise BenchError(f"data file {path} has an unknown format: use .jsonl, .json, .parquet or .csv")
 
 
+def require_columns(rows: list[dict], columns, what: str, hint: str) -> None:
+    """One line naming `what` when it has no rows or its first row lacks one of `columns`."""
+    if not rows:
+        raise BenchError(f"{what} is empty")
+    missing = [c for c in columns if c not in rows[0]]
+    if missing:
+        raise BenchError(f"{what} is missing column '{missing[0]}' ({hint})")
+
+
 def validate_preferences(rows: list[dict], source: str) -> list[dict]:
     """Check the PKU-SafeRLHF schema; returns the rows with ids as ints and safety flags as bools."""
-    if not rows:
-        raise BenchError(f"preference data {source} is empty")
-    missing = [c for c in PREFERENCE_COLUMNS if c not in rows[0]]
-    if missing:
-        raise BenchError(f"preference data {source} is missing column '{missing[0]}' "
-                         f"(needs {', '.join(PREFERENCE_COLUMNS)})")
+    require_columns(rows, PREFERENCE_COLUMNS, f"preference data {source}", f"needs {', '.join(PREFERENCE_COLUMNS)}")
     out = []
     for i, row in enumerate(rows):
         for col in ("better_response_id", "safer_response_id"):
@@ -92,12 +96,8 @@ def load_instructions(source: str, split: str = "train", revision: str | None = 
     """Instruction data in the Alpaca format (tatsu-lab/alpaca: {instruction, input, output}, `input` often
     empty) as [{instruction, input, output}] strings, with schema checks; for Safe RLHF's PTX loss."""
     rows = read_rows(source, split, revision)
-    if not rows:
-        raise BenchError(f"instruction data {source} is empty")
-    missing = [c for c in ("instruction", "output") if c not in rows[0]]
-    if missing:
-        raise BenchError(f"instruction data {source} is missing column '{missing[0]}' "
-                         f"(the Alpaca format: {', '.join(INSTRUCTION_COLUMNS)}; input may be empty)")
+    require_columns(rows, ("instruction", "output"), f"instruction data {source}",
+                    f"the Alpaca format: {', '.join(INSTRUCTION_COLUMNS)}; input may be empty")
     out = []
     for i, row in enumerate(rows):
         for col in ("instruction", "output"):
